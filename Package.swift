@@ -1,0 +1,61 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// erl_interface comes from Debian's erlang-dev, which puts ei.h and libei.a on the default search paths
+// (/usr/include, /usr/lib), so the CEI target needs no -I/-L and no unsafeFlags. OpenSSL comes from
+// libssl-dev through pkg-config.
+let package = Package(
+    name: "megaphone",
+    products: [
+        .executable(name: "megaphone", targets: ["megaphone"]),
+        .library(name: "MegaphoneCore", targets: ["MegaphoneCore"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+    ],
+    targets: [
+        .target(
+            name: "CEI",
+            path: "Sources/CEI",
+            cSettings: [.define("_GNU_SOURCE")],
+            linkerSettings: [
+                .linkedLibrary("ei"),
+                // A no-op on glibc >= 2.34, where libpthread lives in libc; kept for older libcs.
+                .linkedLibrary("pthread"),
+            ]
+        ),
+        .target(name: "CLinux", path: "Sources/CLinux", cSettings: [.define("_GNU_SOURCE")]),
+        .systemLibrary(
+            name: "COpenSSL",
+            path: "Sources/COpenSSL",
+            pkgConfig: "openssl",
+            providers: [.apt(["libssl-dev"])]
+        ),
+        .target(
+            name: "MegaphoneCore",
+            dependencies: [
+                "CEI",
+                "CLinux",
+                "COpenSSL",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/MegaphoneCore"
+        ),
+        .executableTarget(
+            name: "megaphone",
+            dependencies: [
+                "MegaphoneCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Sources/megaphone"
+        ),
+        .testTarget(
+            name: "MegaphoneCoreTests",
+            dependencies: ["MegaphoneCore"],
+            path: "Tests/MegaphoneCoreTests"
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

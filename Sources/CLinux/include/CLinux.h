@@ -1,0 +1,23 @@
+#ifndef CLINUX_H
+#define CLINUX_H
+/* Linux-only headers that Swift's Glibc module does not import, and GNU functions it hides. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1
+#endif
+#include <pthread.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+
+/* EPOLLET is 1u << 31: as an enum constant it does not fit a signed int and Swift imports it oddly. */
+static inline unsigned int CLinux_EPOLLET(void) { return EPOLLET; }
+
+/* accept4 and pthread_setname_np are _GNU_SOURCE functions, invisible through Glibc. */
+static inline int CLinux_accept4(int fd, int flags) { return accept4(fd, 0, 0, flags); }
+static inline int CLinux_pthread_setname_np(pthread_t thread, const char *name) {
+    return pthread_setname_np(thread, name);
+}
+#endif

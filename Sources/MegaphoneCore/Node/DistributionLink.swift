@@ -1,0 +1,433 @@
+import CEI
+import Logging
+
+import CLinux
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The one thread that owns every distribution socket.
+///
+/// ei's receive calls answer ticks by writing to the socket, so a second thread writing to the same fd
+/// corrupts the stream (seen in 2 of 3 runs of the prototype). Here one thread polls the distribution
+/// listener, each connected Erlang node, the reactors' output mailbox and a signalfd; it decodes
+/// requests, hands connection work to the reactors, and encodes and sends what they report back.
+/// Every ei call after start-up happens on this thread. No `_tmo` call can reach `select()`: the
+/// socket callbacks (`CEI_poll_socket_callbacks`) wait with `poll()`.
+public final class DistributionLink {
+    private struct Peer {
+        var fd: CInt
+        var name: String
+        var node: UInt16
+        /// Last time anything arrived from the peer or was sent to it.
+        var lastActive: Int64
+    }
+
+    private struct Shutdown {
+        var waiters: [(pid: PidRef, ref: [UInt8])]
+        var drained: Set<Int>
+        var deadline: Int64
+    }
+
+    private let node: CNode
+    private let reactors: [Reactor]
+    private let output: Mailbox<ReactorOutput>
+    private let counters: Counters
+    private let logger: Logger
+    private let netTicktimeMillis: Int64
+    private let names = NodeNames()
+    private let encoder = TermEncoder()
+    private let selfPid: erlang_pid
+    private var receiveBuffer = ei_x_buff()
+    private var peers: [Peer] = []
+    private let signalFD: CInt
+
+    private var controller: PidRef? = nil
+    private var options = StartOptions()
+    /// Open listeners by what `start` asked for, so a repeated `start` keeps them (and their port).
+    private var listeners: [ListenerSpec: Listener] = [:]
+    private var shutdown: Shutdown? = nil
+    private var running = true
+
+    /// How long one receive or send may take once poll() said the socket is ready. A peer that
+    /// stalls inside a message for this long is dead or hostile: the stream is dropped.
+    private let ioTimeoutMillis: UInt32
+
+    /// Takes over `node`. Blocks SIGINT, SIGTERM and SIGHUP for the calling thread (call it before
+    /// starting other threads so they inherit the mask) and reads them from a signalfd instead.
+    public init(node: CNode, reactors: [Reactor], output: Mailbox<ReactorOutput>, counters: Counters,
+                netTicktimeSeconds: Int, logger: Logger) throws(SystemError) {
+        self.node = node
+        self.reactors = reactors
+        self.output = output
+        self.counters = counters
+        self.logger = logger
+        netTicktimeMillis = Int64(netTicktimeSeconds) * 1000
+        ioTimeoutMillis = UInt32(clamping: netTicktimeMillis)
+        selfPid = node.selfPid
+        ei_x_new(&receiveBuffer)
+        signalFD = try Self.makeSignalFD()
+    }
+
+    deinit {
+        ei_x_free(&receiveBuffer)
+        closeFD(signalFD)
+    }
+
+    static func blockSignals() {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for s in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&set, s) }
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+    }
+
+    private static func makeSignalFD() throws(SystemError) -> CInt {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for s in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&set, s) }
+        return try syscallBlocking("signalfd") { signalfd(-1, &set, CInt(SFD_NONBLOCK | SFD_CLOEXEC)) }
+    }
+
+    // MARK: loop
+
+    /// Serves until a shutdown has completed.
+    public func run() {
+        logger.info("Waiting for Erlang nodes", metadata: ["node": "\(node.nodeName)", "dist.port": "\(node.port)"])
+        while running {
+            var fds = [
+                pollfd(fd: output.wakeup.fd, events: Int16(POLLIN), revents: 0),
+                pollfd(fd: signalFD, events: Int16(POLLIN), revents: 0),
+                pollfd(fd: node.listenFD, events: Int16(POLLIN), revents: 0),
+            ]
+            fds += peers.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
+            let n = poll(&fds, nfds_t(fds.count), 1_000)
+            if n > 0 {
+                if fds[1].revents != 0 { handleSignals() }
+                if fds[0].revents != 0 { handleReactorOutput() }
+                if fds[2].revents != 0 && shutdown == nil { acceptPeer() }
+                for p in fds[3...] where p.revents != 0 { receive(from: p.fd) }
+            }
+            let now = monotonicMillis()
+            for peer in peers where now - peer.lastActive > netTicktimeMillis {
+                dropPeer(fd: peer.fd, reason: "net_tick_timeout")
+            }
+            if let shutdown, now > shutdown.deadline {
+                logger.warning("Shutdown deadline passed; stopping with connections still open")
+                finishShutdown()
+            }
+        }
+    }
+
+    private func handleSignals() {
+        var info = signalfd_siginfo()
+        while read(signalFD, &info, MemoryLayout<signalfd_siginfo>.size) == MemoryLayout<signalfd_siginfo>.size {
+            let signal = CInt(info.ssi_signo)
+            if signal == SIGHUP {
+                logger.info("SIGHUP: nothing to reload in this version")
+                continue
+            }
+            logger.info("Signal received: shutting down", metadata: ["signal": "\(signal)"])
+            if shutdown == nil { beginShutdown(waiter: nil) } else { finishShutdown() }
+        }
+    }
+
+    // MARK: peers
+
+    private func acceptPeer() {
+        var connection = ErlConnect()
+        let fd = ei_accept_tmo(&node.ec, node.listenFD, &connection, 5_000)
+        guard fd >= 0 else {
+            // A wrong cookie, a port scanner, or a peer too slow to finish the handshake.
+            logger.warning("Refused a distribution connection (wrong cookie or failed handshake)",
+                           metadata: ["reason": "\(ErrnoName.erlang(CEI_erl_errno()))"])
+            return
+        }
+        let name = String(cString: CEI_conn_nodename(&connection))
+        guard let index = names.intern(name) else {
+            _ = ei_close_connection(fd)
+            return
+        }
+        if let old = peers.first(where: { $0.node == index }) {
+            dropPeer(fd: old.fd, reason: "replaced by a new connection")
+        }
+        peers.append(Peer(fd: fd, name: name, node: index, lastActive: monotonicMillis()))
+        logger.info("Erlang node connected", metadata: ["peer": "\(name)"])
+    }
+
+    private func dropPeer(fd: CInt, reason: String) {
+        guard let i = peers.firstIndex(where: { $0.fd == fd }) else { return }
+        let peer = peers.remove(at: i)
+        _ = ei_close_connection(fd)
+        logger.info("Erlang node disconnected", metadata: ["peer": "\(peer.name)", "reason": "\(reason)"])
+        for reactor in reactors { reactor.commands.post(.nodeDown(node: peer.node)) }
+        if controller?.node == peer.node && shutdown == nil {
+            // Nobody is left to hand new clients to: stop accepting until the next start.
+            closeListeners()
+            controller = nil
+            logger.info("Controller node is gone: listeners closed until the next start", metadata: ["peer": "\(peer.name)"])
+        }
+    }
+
+    private func receive(from fd: CInt) {
+        guard let i = peers.firstIndex(where: { $0.fd == fd }) else { return }
+        var message = erlang_msg()
+        message.msgtype = -1
+        let rc = ei_xreceive_msg_tmo(fd, &message, &receiveBuffer, ioTimeoutMillis)
+        peers[i].lastActive = monotonicMillis()
+        defer { trimReceiveBuffer() }
+        switch rc {
+        case CInt(CEI_ERL_TICK):
+            return
+        case CInt(CEI_ERL_MSG):
+            guard message.msgtype == CEI_ERL_SEND || message.msgtype == CEI_ERL_REG_SEND else { return }
+            let sender = message.msgtype == CEI_ERL_REG_SEND ? pidRef(message.from) : nil
+            handle(UnsafeRawBufferPointer(start: receiveBuffer.buff, count: Int(receiveBuffer.index)), sender: sender)
+        default:
+            let e = CEI_erl_errno()
+            if e == EIO && message.msgtype > 0 {
+                // A control message ei does not know (e.g. a monitor) was read whole; the stream is intact.
+                logger.debug("Ignored distribution control message", metadata: ["msgtype": "\(message.msgtype)"])
+                return
+            }
+            dropPeer(fd: fd, reason: ErrnoName.erlang(e))
+        }
+    }
+
+    /// ei_x_buff never shrinks: free one that a large message blew up.
+    private func trimReceiveBuffer() {
+        if receiveBuffer.buffsz > 1 << 20 {
+            ei_x_free(&receiveBuffer)
+            ei_x_new(&receiveBuffer)
+        }
+    }
+
+    private func pidRef(_ pid: erlang_pid) -> PidRef? {
+        var pid = pid
+        let node = String(cString: CEI_pid_node(&pid))
+        return names.pidRef(DecodedPid(node: node, num: pid.num, serial: pid.serial, creation: pid.creation))
+    }
+
+    // MARK: requests
+
+    private func handle(_ buffer: UnsafeRawBufferPointer, sender: PidRef?) {
+        let request: Request
+        do {
+            request = try Request.decode(buffer, nodes: names, limits: RequestLimits(maxPutData: options.inputBufferLimit))
+        } catch {
+            counters.malformedRequests.add(1, ordering: .relaxed)
+            logger.debug("Malformed request", metadata: ["reason": "\(error.reason)"])
+            if let to = error.replyTo ?? sender { send(to: to, .requestError(tag: error.tag, reason: error.reason)) }
+            return
+        }
+        switch request {
+        case .start(let from, let ref, let options):
+            start(from: from, ref: ref, options: options)
+        case .getData(let from, let id):
+            guard let reactor = reactor(for: id) else {
+                return send(to: from, .requestError(tag: .connID(id), reason: .unknownConnection))
+            }
+            reactor.commands.post(.getData(owner: from, connID: id))
+        case .putData(let id, let bytes):
+            guard let reactor = reactor(for: id) else {
+                if let sender { send(to: sender, .requestError(tag: .connID(id), reason: .unknownConnection)) }
+                return
+            }
+            reactor.commands.post(.putData(replyTo: sender, connID: id, bytes: bytes))
+        case .sendData(let id, let bytes):
+            guard let reactor = reactor(for: id) else {
+                counters.unknownConnection.add(1, ordering: .relaxed)
+                return
+            }
+            reactor.commands.post(.sendData(connID: id, bytes: bytes))
+        case .close(let id):
+            guard let reactor = reactor(for: id) else {
+                counters.unknownConnection.add(1, ordering: .relaxed)
+                return
+            }
+            reactor.commands.post(.close(connID: id))
+        case .shutdown(let from, let ref):
+            beginShutdown(waiter: (from, ref))
+        case .shutdownQuietly:
+            beginShutdown(waiter: nil)
+        case .stats(let from, let ref):
+            sendStats(to: from, tag: "megaphone_stats", ref: ref)
+        }
+    }
+
+    private func reactor(for connID: UInt64) -> Reactor? {
+        let i = Reactor.reactorIndex(of: connID)
+        return i < reactors.count ? reactors[i] : nil
+    }
+
+    /// `start`: opens the listeners asked for and keeps those already open; any failure leaves the
+    /// previous configuration in place.
+    private func start(from: PidRef, ref: [UInt8], options: StartOptions) {
+        guard shutdown == nil else { return send(to: from, .requestError(tag: .ref(ref), reason: .shuttingDown)) }
+        if let spec = options.listeners.first(where: { $0.transport != .tcp }) {
+            return send(to: from, .requestError(tag: .ref(ref), reason: .unsupportedTransport(spec.transport)))
+        }
+        var next: [ListenerSpec: Listener] = [:]
+        var opened: [Listener] = []
+        for spec in options.listeners where next[spec] == nil {
+            if let existing = listeners[spec] {
+                next[spec] = existing
+                continue
+            }
+            do {
+                let listener = try Listener(spec)
+                next[spec] = listener
+                opened.append(listener)
+            } catch {
+                logger.warning("Cannot listen", metadata: ["listener": "\(spec)", "error": "\(error)"])
+                return send(to: from, .requestError(tag: .ref(ref), reason: .listenFailed(spec, errno: error.erlangName)))
+            }
+        }
+        let controller = options.controller ?? from
+        let config = ReactorConfig(controller: controller, options: options)
+        let removed = listeners.filter { next[$0.key] == nil }.map(\.value)
+        for reactor in reactors {
+            reactor.commands.post(.configure(config))
+            for listener in removed { reactor.commands.post(.removeListener(listener)) }
+            for listener in opened { reactor.commands.post(.addListener(listener)) }
+        }
+        listeners = next
+        self.options = options
+        self.controller = controller
+        let bound = options.listeners.compactMap { next[$0]?.bound }
+        logger.info("Started", metadata: ["listeners": "\(bound.map(\.description))", "controller.node": "\(names.name(of: controller.node) ?? "?")"])
+        send(to: from) { e in
+            e.tuple(3)
+            e.atom("megaphone_started")
+            e.raw(ref)
+            self.encodeInfo(e, listeners: bound)
+        }
+    }
+
+    private func closeListeners() {
+        for listener in listeners.values {
+            for reactor in reactors { reactor.commands.post(.removeListener(listener)) }
+        }
+        listeners = [:]
+    }
+
+    private func encodeInfo(_ e: TermEncoder, listeners bound: [ListenerSpec]) {
+        e.map(7)
+        e.atom("node")
+        e.atom(node.nodeName)
+        e.atom("listeners")
+        encodeListeners(e, bound)
+        e.atom("max_connections")
+        if options.maxConnections == .max { e.atom("infinity") } else { e.int(options.maxConnections) }
+        e.atom("max_chunk")
+        e.int(options.maxChunk)
+        e.atom("send_queue_limit")
+        e.int(options.sendQueueLimit)
+        e.atom("input_buffer_limit")
+        e.int(options.inputBufferLimit)
+        e.atom("controller")
+        if let controller, let name = names.name(of: controller.node) {
+            e.pid(node: name, num: controller.num, serial: controller.serial, creation: controller.creation)
+        } else {
+            e.atom("undefined")
+        }
+    }
+
+    private func encodeListeners(_ e: TermEncoder, _ specs: [ListenerSpec]) {
+        e.list(specs.count)
+        for spec in specs { spec.encode(into: e) }
+        e.emptyList()
+    }
+
+    /// `{Tag, Ref, #{...}}` with the counters.
+    private func sendStats(to pid: PidRef, tag: String, ref: [UInt8]) {
+        let bound = options.listeners.compactMap { listeners[$0]?.bound }
+        send(to: pid) { e in
+            e.tuple(3)
+            e.atom(tag)
+            e.raw(ref)
+            let values = self.counters.snapshot()
+            e.map(values.count + 3)
+            e.atom("node")
+            e.atom(self.node.nodeName)
+            for (key, value) in values {
+                e.atom(key)
+                e.int(value)
+            }
+            e.atom("closed")
+            e.map(CloseReason.allCases.count)
+            for reason in CloseReason.allCases {
+                e.atom(reason.name)
+                e.int(self.counters.closedCount(reason))
+            }
+            e.atom("listeners")
+            self.encodeListeners(e, bound)
+        }
+    }
+
+    // MARK: shutdown
+
+    private func beginShutdown(waiter: (pid: PidRef, ref: [UInt8])?) {
+        if shutdown != nil {
+            if let waiter { shutdown?.waiters.append(waiter) }
+            return
+        }
+        logger.info("Shutting down: closing listeners and draining connections")
+        shutdown = Shutdown(waiters: waiter.map { [$0] } ?? [], drained: [], deadline: monotonicMillis() + 15_000)
+        closeListeners()
+        node.unpublish()
+        for reactor in reactors { reactor.commands.post(.shutdown) }
+    }
+
+    private func finishShutdown() {
+        // Whatever the reactors reported last (tcp_closed to the owners) goes out before the reply.
+        handleReactorOutput(finishing: true)
+        for waiter in shutdown?.waiters ?? [] {
+            sendStats(to: waiter.pid, tag: "megaphone_stopped", ref: waiter.ref)
+        }
+        for peer in peers { _ = ei_close_connection(peer.fd) }
+        peers = []
+        running = false
+        logger.info("Stopped")
+    }
+
+    // MARK: output
+
+    private func handleReactorOutput(finishing: Bool = false) {
+        for item in output.takeAll() {
+            switch item {
+            case .send(let to, let event):
+                send(to: to, event)
+            case .drained(let index):
+                guard !finishing, shutdown != nil else { continue }
+                shutdown?.drained.insert(index)
+                if shutdown?.drained.count == reactors.count { finishShutdown() }
+            }
+        }
+    }
+
+    private func send(to pid: PidRef, _ event: Event) {
+        let selfPid = self.selfPid
+        send(to: pid) { e in event.encode(into: e, selfPid: { $0.pid(selfPid) }) }
+    }
+
+    /// Encodes with `build` and sends to `pid` over its node's link; dropped (and counted) when that
+    /// node is not connected.
+    private func send(to pid: PidRef, _ build: (TermEncoder) -> Void) {
+        guard let i = peers.firstIndex(where: { $0.node == pid.node }), let nodeName = names.name(of: pid.node) else {
+            counters.undeliverable.add(1, ordering: .relaxed)
+            return
+        }
+        encoder.reset()
+        build(encoder)
+        var to = erlang_pid()
+        CEI_pid_set(&to, nodeName, pid.num, pid.serial, pid.creation)
+        let fd = peers[i].fd
+        let rc = encoder.withBuffer { ei_send_tmo(fd, &to, $0, $1, ioTimeoutMillis) }
+        if rc < 0 {
+            dropPeer(fd: fd, reason: ErrnoName.erlang(CEI_erl_errno()))
+        } else {
+            peers[i].lastActive = monotonicMillis()
+        }
+    }
+}

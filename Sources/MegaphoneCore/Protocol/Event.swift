@@ -1,0 +1,100 @@
+/// A message from Megaphone to an Erlang process. Built by the reactors, encoded and sent by the
+/// distribution thread.
+public enum Event: Sendable, Equatable {
+    /// `{megaphone_connect, NodePid, ConnId, {PeerIP, PeerPort}, {LocalIP, LocalPort}, Transport}`
+    case connected(connID: UInt64, peer: SocketAddress, local: SocketAddress, transport: Transport)
+    /// `{tcp, ConnId, Binary}`
+    case data(connID: UInt64, bytes: [UInt8])
+    /// `{tcp_closed, ConnId}`
+    case closed(connID: UInt64)
+    /// `{tcp_error, ConnId, Reason}`
+    case error(connID: UInt64, reason: String)
+    /// `{megaphone_error, RefOrConnId, Reason}`
+    case requestError(tag: ErrorTag, reason: ErrorReason)
+
+    /// Encodes the message after what `e` holds (call `reset()` first). `selfPid` encodes the C node's
+    /// own pid (for `megaphone_connect`).
+    public func encode(into e: TermEncoder, selfPid: (TermEncoder) -> Void) {
+        switch self {
+        case .connected(let id, let peer, let local, let transport):
+            e.tuple(6)
+            e.atom("megaphone_connect")
+            selfPid(e)
+            e.uint(id)
+            e.address(peer)
+            e.address(local)
+            e.atom(transport == .tcp ? "tcp" : "tls")
+        case .data(let id, let bytes):
+            e.tuple(3)
+            e.atom("tcp")
+            e.uint(id)
+            e.binary(bytes)
+        case .closed(let id):
+            e.tuple(2)
+            e.atom("tcp_closed")
+            e.uint(id)
+        case .error(let id, let reason):
+            e.tuple(3)
+            e.atom("tcp_error")
+            e.uint(id)
+            e.atom(reason)
+        case .requestError(let tag, let reason):
+            e.tuple(3)
+            e.atom("megaphone_error")
+            switch tag {
+            case .ref(let raw): e.raw(raw)
+            case .connID(let id): e.uint(id)
+            case .undefined: e.atom("undefined")
+            }
+            reason.encode(into: e)
+        }
+    }
+}
+
+extension ErrorReason {
+    func encode(into e: TermEncoder) {
+        switch self {
+        case .unknownRequest(let tag):
+            e.tuple(2)
+            e.atom("unknown_request")
+            e.atom(tag.map { String($0.prefix(255)) } ?? "undefined")
+        case .badarg(let field):
+            e.tuple(2)
+            e.atom("badarg")
+            e.atom(field)
+        case .badopt(let name):
+            e.tuple(2)
+            e.atom("badopt")
+            e.atom(String(name.prefix(255)))
+        case .tooLarge(let limit):
+            e.tuple(2)
+            e.atom("too_large")
+            e.int(limit)
+        case .unknownConnection:
+            e.atom("unknown_connection")
+        case .inputBufferFull:
+            e.atom("input_buffer_full")
+        case .listenFailed(let spec, let errno):
+            e.tuple(3)
+            e.atom("listen_failed")
+            spec.encode(into: e)
+            e.atom(errno)
+        case .unsupportedTransport(let t):
+            e.tuple(2)
+            e.atom("unsupported_transport")
+            e.atom(t.rawValue)
+        case .shuttingDown:
+            e.atom("shutting_down")
+        }
+    }
+}
+
+extension ListenerSpec {
+    /// `{Transport, IP, Port}`, the form `start` takes.
+    public func encode(into e: TermEncoder) {
+        e.tuple(3)
+        e.atom(transport.rawValue)
+        e.ip(ip)
+        e.uint(UInt64(port))
+    }
+}

@@ -1,0 +1,302 @@
+/// A client transport: plain TCP, STARTTLS done by Megaphone before hand-over, or direct TLS (XEP-0368).
+public enum Transport: String, Sendable, Hashable, CaseIterable {
+    case tcp
+    case starttls
+    case tls
+}
+
+/// One listener of a `start` request: `{Transport, IP, Port}`.
+public struct ListenerSpec: Hashable, Sendable, CustomStringConvertible {
+    public var transport: Transport
+    public var ip: IPAddress
+    public var port: UInt16
+
+    public init(transport: Transport, ip: IPAddress, port: UInt16) {
+        self.transport = transport
+        self.ip = ip
+        self.port = port
+    }
+
+    public var description: String { "\(transport.rawValue) \(SocketAddress(ip: ip, port: port))" }
+}
+
+/// The options of `{start, From, Ref, Opts}`. A repeated `start` replaces the whole configuration, so
+/// an option left out goes back to its default.
+public struct StartOptions: Equatable, Sendable {
+    public var listeners: [ListenerSpec] = []
+    public var certfile: String? = nil
+    public var maxConnections: Int = .max
+    public var maxChunk: Int = 65_536
+    public var sendQueueLimit: Int = 1 << 20
+    public var inputBufferLimit: Int = 1 << 20
+    public var controller: PidRef? = nil
+
+    public init() {}
+}
+
+/// A request from Erlang, decoded. See the message vocabulary in README.md.
+public enum Request: Equatable, Sendable {
+    case start(from: PidRef, ref: [UInt8], options: StartOptions)
+    case getData(from: PidRef, connID: UInt64)
+    case putData(connID: UInt64, bytes: [UInt8])
+    case sendData(connID: UInt64, bytes: [UInt8])
+    case close(connID: UInt64)
+    case shutdown(from: PidRef, ref: [UInt8])
+    /// The seed's bare `{shutdown}`: no reply.
+    case shutdownQuietly
+    case stats(from: PidRef, ref: [UInt8])
+}
+
+/// The second element of `{megaphone_error, RefOrConnId, Reason}`.
+public enum ErrorTag: Equatable, Sendable {
+    case ref([UInt8])
+    case connID(UInt64)
+    case undefined
+}
+
+/// The third element of `{megaphone_error, RefOrConnId, Reason}`.
+public enum ErrorReason: Equatable, Sendable, CustomStringConvertible {
+    /// `{unknown_request, Tag}`: not a tuple (`Tag` = `undefined`), or an unknown tag or arity.
+    case unknownRequest(tag: String?)
+    /// `{badarg, Field}`: a field of a known request has the wrong type.
+    case badarg(String)
+    /// `{badopt, Name}`: an option of `start` is unknown or has a bad value.
+    case badopt(String)
+    /// `{too_large, Limit}`: data longer than the limit that applies to it.
+    case tooLarge(limit: Int)
+    /// `unknown_connection`: no open connection has this ConnId.
+    case unknownConnection
+    /// `input_buffer_full`: put_data would grow the pending input past `input_buffer_limit`.
+    case inputBufferFull
+    /// `{listen_failed, {Transport, IP, Port}, Errno}`.
+    case listenFailed(ListenerSpec, errno: String)
+    /// `{unsupported_transport, T}`: this build cannot serve the transport yet.
+    case unsupportedTransport(Transport)
+    /// `shutting_down`: the node is draining and takes no new work.
+    case shuttingDown
+
+    public var description: String {
+        switch self {
+        case .unknownRequest(let tag): "{unknown_request, \(tag ?? "undefined")}"
+        case .badarg(let field): "{badarg, \(field)}"
+        case .badopt(let name): "{badopt, \(name)}"
+        case .tooLarge(let limit): "{too_large, \(limit)}"
+        case .unknownConnection: "unknown_connection"
+        case .inputBufferFull: "input_buffer_full"
+        case .listenFailed(let spec, let errno): "{listen_failed, \(spec), \(errno)}"
+        case .unsupportedTransport(let t): "{unsupported_transport, \(t.rawValue)}"
+        case .shuttingDown: "shutting_down"
+        }
+    }
+}
+
+/// A request that could not be decoded, with what is known of where the error reply goes.
+public struct RequestError: Error, Equatable, Sendable {
+    /// The request's own From when it decoded as a pid; else the caller falls back to the sender.
+    public var replyTo: PidRef?
+    public var tag: ErrorTag
+    public var reason: ErrorReason
+}
+
+/// Limits that apply while decoding.
+public struct RequestLimits: Sendable {
+    /// The largest `Data` of put_data (beyond it: `{too_large, Limit}`).
+    public var maxPutData: Int
+    /// The largest `Data` of send_data that is decoded; the send queue limit applies after that.
+    public var maxSendData: Int
+
+    public init(maxPutData: Int, maxSendData: Int = .max) {
+        self.maxPutData = maxPutData
+        self.maxSendData = maxSendData
+    }
+}
+
+extension Request {
+    /// Decodes one message (starting with the version byte). Throws `RequestError` for anything that
+    /// is not a well-formed request; never traps on input.
+    public static func decode(
+        _ buffer: UnsafeRawBufferPointer, nodes: NodeNames, limits: RequestLimits
+    ) throws(RequestError) -> Request {
+        var r = TermReader(buffer)
+        var decoder = RequestDecoder(nodes: nodes)
+        return try decoder.decode(&r, limits: limits)
+    }
+}
+
+/// Walks one request, remembering the From/Ref/ConnId it has seen so that an error reply can name them.
+private struct RequestDecoder {
+    let nodes: NodeNames
+    var replyTo: PidRef? = nil
+    var tag: ErrorTag = .undefined
+
+    init(nodes: NodeNames) { self.nodes = nodes }
+
+    func fail(_ reason: ErrorReason) -> RequestError {
+        RequestError(replyTo: replyTo, tag: tag, reason: reason)
+    }
+
+    mutating func decode(_ r: inout TermReader, limits: RequestLimits) throws(RequestError) -> Request {
+        let arity: Int
+        let name: String
+        do {
+            try r.readVersion()
+            arity = try r.readTupleHeader()
+            guard arity >= 1 else { throw fail(.unknownRequest(tag: nil)) }
+            name = try r.readAtom()
+        } catch let e as RequestError {
+            throw e
+        } catch {
+            throw fail(.unknownRequest(tag: nil))
+        }
+        switch (name, arity) {
+        case ("start", 4):
+            let from = try pid(&r)
+            let ref = try refTerm(&r)
+            let options = try startOptions(&r)
+            return .start(from: from, ref: ref, options: options)
+        case ("get_data", 3):
+            let from = try pid(&r)
+            let id = try connID(&r)
+            return .getData(from: from, connID: id)
+        case ("put_data", 3):
+            let id = try connID(&r)
+            return .putData(connID: id, bytes: try data(&r, limit: limits.maxPutData))
+        case ("send_data", 3):
+            let id = try connID(&r)
+            return .sendData(connID: id, bytes: try data(&r, limit: limits.maxSendData))
+        case ("close", 2):
+            return .close(connID: try connID(&r))
+        case ("shutdown", 3):
+            let from = try pid(&r)
+            return .shutdown(from: from, ref: try refTerm(&r))
+        case ("shutdown", 1):
+            return .shutdownQuietly
+        case ("stats", 3):
+            let from = try pid(&r)
+            return .stats(from: from, ref: try refTerm(&r))
+        default:
+            throw fail(.unknownRequest(tag: name))
+        }
+    }
+
+    mutating func pid(_ r: inout TermReader) throws(RequestError) -> PidRef {
+        guard let decoded = try? r.readPid(), let ref = nodes.pidRef(decoded) else { throw fail(.badarg("from")) }
+        replyTo = ref
+        return ref
+    }
+
+    mutating func refTerm(_ r: inout TermReader) throws(RequestError) -> [UInt8] {
+        guard let range = try? r.skipTerm() else { throw fail(.badarg("ref")) }
+        let bytes = Array(r.buffer[range])
+        tag = .ref(bytes)
+        return bytes
+    }
+
+    mutating func connID(_ r: inout TermReader) throws(RequestError) -> UInt64 {
+        guard let id = try? r.readUInt64() else { throw fail(.badarg("conn_id")) }
+        tag = .connID(id)
+        return id
+    }
+
+    func data(_ r: inout TermReader, limit: Int) throws(RequestError) -> [UInt8] {
+        do {
+            return try r.readIOData(limit: limit)
+        } catch .tooLarge {
+            throw fail(.tooLarge(limit: limit))
+        } catch {
+            throw fail(.badarg("data"))
+        }
+    }
+
+    mutating func startOptions(_ r: inout TermReader) throws(RequestError) -> StartOptions {
+        var options = StartOptions()
+        guard let count = try? r.readListHeader() else { throw fail(.badarg("opts")) }
+        for _ in 0..<count {
+            try option(&r, into: &options)
+        }
+        if count > 0 {
+            guard (try? r.readNil()) != nil else { throw fail(.badarg("opts")) }
+        }
+        return options
+    }
+
+    /// One `{Name, Value}` of the start options.
+    mutating func option(_ r: inout TermReader, into options: inout StartOptions) throws(RequestError) {
+        guard (try? r.readTupleHeader()) == 2, let name = try? r.readAtom() else { throw fail(.badarg("opts")) }
+        switch name {
+        case "listen":
+            guard let count = try? r.readListHeader() else { throw fail(.badopt(name)) }
+            var specs: [ListenerSpec] = []
+            for _ in 0..<count {
+                guard let spec = try? Self.listenerSpec(&r) else { throw fail(.badopt(name)) }
+                specs.append(spec)
+            }
+            if count > 0 { guard (try? r.readNil()) != nil else { throw fail(.badopt(name)) } }
+            options.listeners = specs
+        case "certfile":
+            guard let path = try? r.readIOData(limit: 4096), !path.isEmpty else { throw fail(.badopt(name)) }
+            options.certfile = String(decoding: path, as: UTF8.self)
+        case "max_connections":
+            if r.peekTag() == ExternalTag.smallAtomUTF8 || r.peekTag() == ExternalTag.atomUTF8
+                || r.peekTag() == ExternalTag.smallAtom || r.peekTag() == ExternalTag.atom
+            {
+                guard (try? r.readAtom()) == "infinity" else { throw fail(.badopt(name)) }
+                options.maxConnections = .max
+            } else {
+                options.maxConnections = try positive(&r, name)
+            }
+        case "max_chunk":
+            options.maxChunk = try positive(&r, name, max: 16 << 20)
+        case "send_queue_limit":
+            options.sendQueueLimit = try positive(&r, name)
+        case "input_buffer_limit":
+            options.inputBufferLimit = try positive(&r, name)
+        case "controller":
+            guard let decoded = try? r.readPid(), let pid = nodes.pidRef(decoded) else { throw fail(.badopt(name)) }
+            options.controller = pid
+        default:
+            throw fail(.badopt(name))
+        }
+    }
+
+    func positive(_ r: inout TermReader, _ name: String, max: Int = .max) throws(RequestError) -> Int {
+        guard let v = try? r.readInt(), v > 0, v <= max else { throw fail(.badopt(name)) }
+        return v
+    }
+
+    /// `{Transport, IP, Port}` where IP is an `inet:ip_address()` tuple or `any`.
+    static func listenerSpec(_ r: inout TermReader) throws(TermError) -> ListenerSpec {
+        guard try r.readTupleHeader() == 3 else { throw .badValue }
+        guard let transport = Transport(rawValue: try r.readAtom()) else { throw .badValue }
+        let ip: IPAddress
+        if r.peekTag() == ExternalTag.smallTuple {
+            let n = try r.readTupleHeader()
+            var bytes: [UInt8] = []
+            switch n {
+            case 4:
+                for _ in 0..<4 {
+                    let v = try r.readInt()
+                    guard v <= 255 else { throw .badValue }
+                    bytes.append(UInt8(v))
+                }
+            case 8:
+                for _ in 0..<8 {
+                    let v = try r.readInt()
+                    guard v <= 0xFFFF else { throw .badValue }
+                    bytes.append(UInt8(v >> 8))
+                    bytes.append(UInt8(v & 0xFF))
+                }
+            default:
+                throw .badValue
+            }
+            guard let address = IPAddress(bytes: bytes) else { throw .badValue }
+            ip = address
+        } else {
+            guard try r.readAtom() == "any" else { throw .badValue }
+            ip = .anyIPv4
+        }
+        let port = try r.readInt()
+        guard port <= 65_535 else { throw .badValue }
+        return ListenerSpec(transport: transport, ip: ip, port: UInt16(port))
+    }
+}

@@ -1,0 +1,64 @@
+import Synchronization
+
+/// Why a connection ended (or was refused), as counted in `stats` under `closed`.
+public enum CloseReason: Int, CaseIterable, Sendable {
+    case clientClosed, clientError, requested, sendQueueFull, nodeDown, shutdown, flushTimeout
+    case maxConnections, emfile
+
+    /// The atom used in `stats` and logs.
+    public var name: String {
+        switch self {
+        case .clientClosed: "client_closed"
+        case .clientError: "client_error"
+        case .requested: "requested"
+        case .sendQueueFull: "send_queue_full"
+        case .nodeDown: "node_down"
+        case .shutdown: "shutdown"
+        case .flushTimeout: "flush_timeout"
+        case .maxConnections: "max_connections"
+        case .emfile: "emfile"
+        }
+    }
+}
+
+/// Process-wide counters, updated by every thread with relaxed atomics and read by `stats`.
+public final class Counters: Sendable {
+    public let connections = Atomic<Int>(0)
+    public let accepted = Atomic<Int>(0)
+    public let bytesIn = Atomic<Int>(0)
+    public let bytesOut = Atomic<Int>(0)
+    public let chunksDelivered = Atomic<Int>(0)
+    public let malformedRequests = Atomic<Int>(0)
+    public let unknownConnection = Atomic<Int>(0)
+    public let undeliverable = Atomic<Int>(0)
+    private let closedCounts: [ClosedCounter] = CloseReason.allCases.map { _ in ClosedCounter() }
+
+    public init() {}
+
+    /// The plain counters by their `stats` key, in a fixed order.
+    public func snapshot() -> [(key: String, value: Int)] {
+        [
+            ("connections", connections.load(ordering: .relaxed)),
+            ("accepted", accepted.load(ordering: .relaxed)),
+            ("bytes_in", bytesIn.load(ordering: .relaxed)),
+            ("bytes_out", bytesOut.load(ordering: .relaxed)),
+            ("chunks_delivered", chunksDelivered.load(ordering: .relaxed)),
+            ("malformed_requests", malformedRequests.load(ordering: .relaxed)),
+            ("unknown_connection", unknownConnection.load(ordering: .relaxed)),
+            ("undeliverable", undeliverable.load(ordering: .relaxed)),
+        ]
+    }
+
+    public func closed(_ reason: CloseReason) {
+        closedCounts[reason.rawValue].value.add(1, ordering: .relaxed)
+    }
+
+    public func closedCount(_ reason: CloseReason) -> Int {
+        closedCounts[reason.rawValue].value.load(ordering: .relaxed)
+    }
+
+    /// Atomic is not copyable, so an array of them needs a box.
+    private final class ClosedCounter: Sendable {
+        let value = Atomic<Int>(0)
+    }
+}

@@ -1,0 +1,528 @@
+import Logging
+import Synchronization
+
+import CLinux
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One epoll loop on its own thread: accepts clients, moves their bytes, and reports to the
+/// distribution thread. Every connection belongs to the reactor that accepted it; its ConnId carries
+/// that reactor's index in the low 8 bits.
+///
+/// Threading: `commands` may be posted to from any thread. Everything else is touched only by the
+/// reactor's own thread inside `run()`; that is why the class is `@unchecked Sendable`.
+///
+/// Sockets are edge-triggered (EPOLLIN|EPOLLOUT|EPOLLRDHUP|EPOLLET, registered once): the `readable`
+/// and `writable` flags remember readiness until a call hits EAGAIN, so arming a connection with
+/// get_data costs no epoll_ctl. A connection is read only while armed, so a client that sends faster
+/// than its owner asks is held back by the kernel (TCP flow control), not by our memory.
+public final class Reactor: @unchecked Sendable {
+    public let index: Int
+    public let commands: Mailbox<ReactorCommand>
+    private let output: Mailbox<ReactorOutput>
+    private let counters: Counters
+    private let logger: Logger
+
+    private let epfd: CInt
+    private var table = ConnectionTable()
+    private var config: ReactorConfig?
+    private var listeners: [CInt: Listener] = [:]
+    /// Listeners taken out of epoll after EMFILE with no reserve fd left, and when to put them back.
+    private var pausedListeners: [(listener: Listener, until: Int64)] = []
+    /// Closed and reopened around an accept when the process is out of fds, so that the pending
+    /// connection can be taken off the queue and closed instead of waking us again at once.
+    private var reserveFD: CInt
+    private var lastEMFILELog: Int64 = 0
+    /// Per-thread read buffer; bytes stay in a connection only while they are pending.
+    private var scratch: UnsafeMutableRawBufferPointer
+    private var nextSequence: UInt64 = 1
+    private var closing: [UInt64: Closing] = [:]
+    private var outbox: [ReactorOutput] = []
+    private var shuttingDown = false
+    private var running = true
+
+    private struct Closing {
+        var deadline: Int64
+        var reason: CloseReason
+        var notify: Bool
+    }
+
+    /// The most reactors a process can have: the index lives in 8 bits of the ConnId.
+    public static let maxReactors = 256
+
+    /// Which reactor owns a connection.
+    public static func reactorIndex(of connID: UInt64) -> Int { Int(connID & 0xFF) }
+
+    init(index: Int, output: Mailbox<ReactorOutput>, counters: Counters, logger: Logger) throws(SystemError) {
+        precondition(index >= 0 && index < Self.maxReactors, "reactor index out of range")
+        self.index = index
+        self.output = output
+        self.counters = counters
+        var logger = logger
+        logger[metadataKey: "reactor"] = "\(index)"
+        self.logger = logger
+        commands = try Mailbox()
+        epfd = try Epoll.epoll_create()
+        reserveFD = Glibc.open("/dev/null", O_RDONLY | O_CLOEXEC)
+        scratch = .allocate(byteCount: 64 * 1024, alignment: 16)
+        try Epoll.add(epfd: epfd, fd: commands.wakeup.fd, events: Epoll.in, data: Token.wake)
+    }
+
+    deinit {
+        closeFD(epfd)
+        if reserveFD >= 0 { closeFD(reserveFD) }
+        scratch.deallocate()
+    }
+
+    // MARK: epoll user data
+
+    /// epoll's 64-bit user data: kind (8 bits), generation (24 bits), fd (32 bits). The generation
+    /// catches an event for an fd that was closed and reused within one epoll_wait batch.
+    private enum Token {
+        static let wake: UInt64 = 0
+        static func listener(_ fd: CInt) -> UInt64 { 1 << 56 | UInt64(UInt32(bitPattern: fd)) }
+        static func connection(_ fd: CInt, _ generation: UInt32) -> UInt64 {
+            2 << 56 | UInt64(generation & 0xFF_FFFF) << 32 | UInt64(UInt32(bitPattern: fd))
+        }
+        static func kind(_ data: UInt64) -> UInt64 { data >> 56 }
+        static func fd(_ data: UInt64) -> CInt { CInt(bitPattern: UInt32(truncatingIfNeeded: data)) }
+        static func generation(_ data: UInt64) -> UInt32 { UInt32(truncatingIfNeeded: data >> 32) & 0xFF_FFFF }
+    }
+
+    // MARK: loop
+
+    /// Runs until a `.shutdown` command has been carried out. Call on the reactor's own thread only.
+    public func run() {
+        let capacity: CInt = 256
+        let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: Int(capacity))
+        defer { events.deallocate() }
+        while running {
+            let timeout: CInt = closing.isEmpty && pausedListeners.isEmpty ? -1 : 250
+            let n: Int
+            do {
+                n = try Epoll.epoll_wait(epfd: epfd, events: events, maxevents: capacity, timeout: timeout)
+            } catch {
+                logger.error("epoll_wait failed", metadata: ["error": "\(error)"])
+                n = 0
+            }
+            for i in 0..<n {
+                let ev = events[i]
+                let data = ev.data.u64
+                switch Token.kind(data) {
+                case 0:
+                    handleCommands()
+                case 1:
+                    if let listener = listeners[Token.fd(data)] { accept(from: listener) }
+                case _:
+                    let fd = Token.fd(data)
+                    guard table.contains(fd: fd), table[fd].generation & 0xFF_FFFF == Token.generation(data) else { continue }
+                    handleIO(fd, events: ev.events)
+                }
+            }
+            if !closing.isEmpty || !pausedListeners.isEmpty { sweep(now: monotonicMillis()) }
+            if shuttingDown && table.count == 0 {
+                outbox.append(.drained(reactor: index))
+                running = false
+            }
+            if !outbox.isEmpty {
+                output.post(contentsOf: outbox)
+                outbox.removeAll(keepingCapacity: true)
+            }
+        }
+    }
+
+    private func emit(to pid: PidRef, _ event: Event) {
+        guard !pid.isNone else { return }
+        outbox.append(.send(to: pid, event))
+    }
+
+    /// Where a connection's notifications go: its owner, else the controller.
+    private func recipient(of slot: ConnectionSlot) -> PidRef {
+        slot.owner.isNone ? (config?.controller ?? .none) : slot.owner
+    }
+
+    // MARK: commands
+
+    private func handleCommands() {
+        for command in commands.takeAll() {
+            switch command {
+            case .configure(let newConfig):
+                config = newConfig
+                if newConfig.maxChunk > scratch.count {
+                    scratch.deallocate()
+                    scratch = .allocate(byteCount: newConfig.maxChunk, alignment: 16)
+                }
+            case .addListener(let listener):
+                guard !shuttingDown, listeners[listener.fd] == nil else { continue }
+                do {
+                    try Epoll.add(epfd: epfd, fd: listener.fd, events: Epoll.in | Epoll.exclusive,
+                                  data: Token.listener(listener.fd))
+                    listeners[listener.fd] = listener
+                } catch {
+                    logger.error("Cannot watch listener", metadata: ["listener": "\(listener.bound)", "error": "\(error)"])
+                }
+            case .removeListener(let listener):
+                removeListener(listener)
+            case .getData(let owner, let id):
+                getData(owner: owner, connID: id)
+            case .putData(let replyTo, let id, let bytes):
+                putData(replyTo: replyTo, connID: id, bytes: bytes)
+            case .sendData(let id, let bytes):
+                guard let fd = table.fd(of: id) else {
+                    counters.unknownConnection.add(1, ordering: .relaxed)
+                    continue
+                }
+                guard !table[fd].flags.contains(.closing) else { continue }
+                write(fd, bytes)
+            case .close(let id):
+                guard let fd = table.fd(of: id) else {
+                    counters.unknownConnection.add(1, ordering: .relaxed)
+                    continue
+                }
+                beginClose(fd, reason: .requested, notify: false)
+            case .nodeDown(let node):
+                for fd in table.liveFDs where recipient(of: table[fd]).node == node {
+                    closeConnection(fd, reason: .nodeDown, notify: nil)
+                }
+            case .shutdown:
+                shuttingDown = true
+                for listener in Array(listeners.values) { removeListener(listener) }
+                pausedListeners.removeAll()
+                for fd in table.liveFDs { beginClose(fd, reason: .shutdown, notify: true) }
+            }
+        }
+    }
+
+    private func removeListener(_ listener: Listener) {
+        if listeners.removeValue(forKey: listener.fd) != nil {
+            Epoll.delete(epfd: epfd, fd: listener.fd)
+        }
+        pausedListeners.removeAll { $0.listener === listener }
+    }
+
+    private func getData(owner: PidRef, connID: UInt64) {
+        guard let fd = table.fd(of: connID) else {
+            emit(to: owner, .requestError(tag: .connID(connID), reason: .unknownConnection))
+            return
+        }
+        guard !table[fd].flags.contains(.closing) else { return }
+        table[fd].owner = owner
+        table[fd].flags.insert(.armed)
+        serve(fd)
+    }
+
+    private func putData(replyTo: PidRef?, connID: UInt64, bytes: [UInt8]) {
+        guard let fd = table.fd(of: connID), let config else {
+            if let replyTo { emit(to: replyTo, .requestError(tag: .connID(connID), reason: .unknownConnection)) }
+            return
+        }
+        let pending = table[fd].inbound?.count ?? 0
+        guard bytes.count <= config.inputBufferLimit - pending else {
+            if let replyTo { emit(to: replyTo, .requestError(tag: .connID(connID), reason: .inputBufferFull)) }
+            return
+        }
+        guard !bytes.isEmpty else { return }
+        if table[fd].inbound == nil { table[fd].inbound = ByteQueue() }
+        table[fd].inbound?.append(bytes)
+        if table[fd].flags.contains(.armed) { serve(fd) }
+    }
+
+    // MARK: accepting
+
+    private func accept(from listener: Listener) {
+        guard let config, !shuttingDown else { return }
+        // Bounded, so that a connection storm cannot starve the clients already connected.
+        for _ in 0..<64 {
+            let fd: CInt
+            do {
+                switch try Socket.accept(listener.fd) {
+                case .wouldBlock: return
+                case .processed(let newFD): fd = newFD
+                }
+            } catch {
+                switch error.errno {
+                case EMFILE, ENFILE:
+                    shedConnection(from: listener)
+                    return
+                case ECONNABORTED, EPROTO, EPERM:
+                    continue
+                default:
+                    logger.error("accept failed", metadata: ["listener": "\(listener.bound)", "error": "\(error)"])
+                    return
+                }
+            }
+            admit(fd, from: listener, config: config)
+        }
+    }
+
+    private func admit(_ fd: CInt, from listener: Listener, config: ReactorConfig) {
+        let total = counters.connections.add(1, ordering: .relaxed).newValue
+        guard total <= config.maxConnections else {
+            counters.connections.subtract(1, ordering: .relaxed)
+            closeFD(fd)
+            counters.closed(.maxConnections)
+            logger.debug("Refused connection: max_connections reached", metadata: ["max_connections": "\(config.maxConnections)"])
+            return
+        }
+        try? Socket.setOption(fd, CInt(IPPROTO_TCP), TCP_NODELAY, 1)
+        guard let peer = Socket.peerAddress(fd), let local = Socket.localAddress(fd) else {
+            // The client went away between accept and getpeername.
+            counters.connections.subtract(1, ordering: .relaxed)
+            closeFD(fd)
+            counters.closed(.clientError)
+            return
+        }
+        let id = nextSequence << 8 | UInt64(index)
+        nextSequence += 1
+        let generation = table.insert(fd: fd, connID: id)
+        do {
+            try Epoll.add(epfd: epfd, fd: fd, events: Epoll.in | Epoll.out | Epoll.rdhup | Epoll.edgeTriggered,
+                          data: Token.connection(fd, generation))
+        } catch {
+            table.remove(fd: fd)
+            counters.connections.subtract(1, ordering: .relaxed)
+            closeFD(fd)
+            counters.closed(.clientError)
+            logger.warning("Cannot watch client socket", metadata: ["error": "\(error)"])
+            return
+        }
+        counters.accepted.add(1, ordering: .relaxed)
+        logger.debug("Accepted connection", metadata: ["connection.id": "\(id)", "peer": "\(peer)"])
+        emit(to: config.controller, .connected(connID: id, peer: peer, local: local, transport: listener.bound.transport))
+    }
+
+    /// Out of fds: take one pending connection off the queue and close it, using the reserve fd, so the
+    /// level-triggered listener does not wake us again for the same client. Without a reserve, stop
+    /// watching the listener for a second instead of spinning.
+    private func shedConnection(from listener: Listener) {
+        let now = monotonicMillis()
+        if now - lastEMFILELog > 1_000 {
+            lastEMFILELog = now
+            logger.warning("Out of file descriptors: refusing new connections", metadata: ["listener": "\(listener.bound)"])
+        }
+        if reserveFD >= 0 {
+            closeFD(reserveFD)
+            if case .processed(let fd)? = try? Socket.accept(listener.fd) {
+                closeFD(fd)
+                counters.closed(.emfile)
+            }
+            reserveFD = Glibc.open("/dev/null", O_RDONLY | O_CLOEXEC)
+            if reserveFD >= 0 { return }
+        }
+        Epoll.delete(epfd: epfd, fd: listener.fd)
+        pausedListeners.append((listener, now + 1_000))
+    }
+
+    // MARK: connection I/O
+
+    private func handleIO(_ fd: CInt, events: UInt32) {
+        let id = table[fd].connID
+        if events & Epoll.err != 0 {
+            let err = Socket.pendingError(fd)
+            closeConnection(fd, reason: .clientError,
+                            notify: err == 0 ? .closed(connID: id) : .error(connID: id, reason: ErrnoName.erlang(err)))
+            return
+        }
+        if events & Epoll.in != 0 { table[fd].flags.insert(.readable) }
+        if events & Epoll.out != 0 {
+            table[fd].flags.insert(.writable)
+            guard flush(fd) else { return }
+        }
+        if events & (Epoll.rdhup | Epoll.hup) != 0 && !table[fd].flags.contains(.peerClosed) {
+            readRemaining(fd)
+            return
+        }
+        if table[fd].flags.contains(.armed) { serve(fd) }
+    }
+
+    /// Delivers one chunk to the owner of an armed connection, from pending input first, else from
+    /// the socket. Disarms once a chunk is sent.
+    private func serve(_ fd: CInt) {
+        guard let config else { return }
+        let id = table[fd].connID
+        if let inbound = table[fd].inbound, !inbound.isEmpty {
+            let chunk = inbound.take(max: config.maxChunk)
+            if inbound.isEmpty { table[fd].inbound = nil }
+            deliver(fd, chunk)
+            if table[fd].inbound == nil && table[fd].flags.contains(.peerClosed) {
+                closeConnection(fd, reason: .clientClosed, notify: .closed(connID: id))
+            }
+            return
+        }
+        if table[fd].flags.contains(.peerClosed) {
+            closeConnection(fd, reason: .clientClosed, notify: .closed(connID: id))
+            return
+        }
+        guard table[fd].flags.contains(.readable) else { return }
+        let buffer = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<config.maxChunk])
+        do {
+            switch try Socket.read(fd, into: buffer) {
+            case .processed(0):
+                closeConnection(fd, reason: .clientClosed, notify: .closed(connID: id))
+            case .processed(let n):
+                counters.bytesIn.add(n, ordering: .relaxed)
+                deliver(fd, Array(UnsafeRawBufferPointer(rebasing: buffer[0..<n])))
+            case .wouldBlock:
+                table[fd].flags.remove(.readable)
+            }
+        } catch {
+            closeConnection(fd, reason: .clientError, notify: .error(connID: id, reason: error.erlangName))
+        }
+    }
+
+    private func deliver(_ fd: CInt, _ chunk: [UInt8]) {
+        table[fd].flags.remove(.armed)
+        counters.chunksDelivered.add(1, ordering: .relaxed)
+        emit(to: table[fd].owner, .data(connID: table[fd].connID, bytes: chunk))
+    }
+
+    /// The client shut its side. Keep what it sent before (the owner may still ask for it), then tell
+    /// the owner: at once if nothing is pending, after the last chunk otherwise.
+    private func readRemaining(_ fd: CInt) {
+        let id = table[fd].connID
+        readLoop: while true {
+            do {
+                switch try Socket.read(fd, into: scratch) {
+                case .processed(0):
+                    break readLoop
+                case .processed(let n):
+                    counters.bytesIn.add(n, ordering: .relaxed)
+                    if table[fd].inbound == nil { table[fd].inbound = ByteQueue() }
+                    table[fd].inbound?.append(UnsafeRawBufferPointer(rebasing: scratch[0..<n]))
+                case .wouldBlock:
+                    break readLoop
+                }
+            } catch {
+                closeConnection(fd, reason: .clientError, notify: .error(connID: id, reason: error.erlangName))
+                return
+            }
+        }
+        table[fd].flags.insert(.peerClosed)
+        table[fd].flags.remove(.readable)
+        if table[fd].inbound == nil {
+            closeConnection(fd, reason: .clientClosed, notify: .closed(connID: id))
+        } else if table[fd].flags.contains(.armed) {
+            serve(fd)
+        }
+    }
+
+    /// Writes what the socket takes now and queues the rest. Past `send_queue_limit` the connection is
+    /// closed and its owner told `send_queue_full`.
+    private func write(_ fd: CInt, _ bytes: [UInt8]) {
+        guard let config, !bytes.isEmpty else { return }
+        let id = table[fd].connID
+        var written = 0
+        if table[fd].outbound == nil && table[fd].flags.contains(.writable) {
+            var failure: SystemError? = nil
+            bytes.withUnsafeBytes { all in
+                while written < all.count {
+                    do throws(SystemError) {
+                        switch try Socket.write(fd, UnsafeRawBufferPointer(rebasing: all[written...])) {
+                        case .processed(let n): written += n
+                        case .wouldBlock: return
+                        }
+                    } catch {
+                        failure = error
+                        return
+                    }
+                }
+            }
+            counters.bytesOut.add(written, ordering: .relaxed)
+            if let failure {
+                closeConnection(fd, reason: .clientError, notify: .error(connID: id, reason: failure.erlangName))
+                return
+            }
+            if written < bytes.count { table[fd].flags.remove(.writable) }
+        }
+        guard written < bytes.count else { return }
+        let queue = table[fd].outbound ?? ByteQueue()
+        table[fd].outbound = queue
+        queue.append(written == 0 ? bytes : Array(bytes[written...]))
+        if queue.count > config.sendQueueLimit {
+            logger.debug("Send queue full", metadata: ["connection.id": "\(id)", "queued": "\(queue.count)"])
+            closeConnection(fd, reason: .sendQueueFull, notify: .error(connID: id, reason: "send_queue_full"))
+        }
+    }
+
+    /// Writes queued output after EPOLLOUT. Returns false if the connection was closed.
+    private func flush(_ fd: CInt) -> Bool {
+        let id = table[fd].connID
+        if let queue = table[fd].outbound {
+            var failure: SystemError? = nil
+            var blocked = false
+            while !queue.isEmpty && !blocked && failure == nil {
+                queue.withFront { front in
+                    do throws(SystemError) {
+                        switch try Socket.write(fd, front) {
+                        case .processed(let n):
+                            counters.bytesOut.add(n, ordering: .relaxed)
+                            return n
+                        case .wouldBlock:
+                            blocked = true
+                            return 0
+                        }
+                    } catch {
+                        failure = error
+                        return 0
+                    }
+                }
+            }
+            if let failure {
+                closeConnection(fd, reason: .clientError, notify: .error(connID: id, reason: failure.erlangName))
+                return false
+            }
+            if blocked {
+                table[fd].flags.remove(.writable)
+                return true
+            }
+            table[fd].outbound = nil
+        }
+        if table[fd].flags.contains(.closing), let state = closing[id] {
+            closeConnection(fd, reason: state.reason, notify: state.notify ? .closed(connID: id) : nil)
+            return false
+        }
+        return true
+    }
+
+    /// Closes now if nothing is queued; otherwise stops reading and lets the queue drain, for at most
+    /// `flushTimeoutMillis`.
+    private func beginClose(_ fd: CInt, reason: CloseReason, notify: Bool) {
+        let id = table[fd].connID
+        guard let queue = table[fd].outbound, !queue.isEmpty else {
+            closeConnection(fd, reason: reason, notify: notify ? .closed(connID: id) : nil)
+            return
+        }
+        table[fd].flags.insert(.closing)
+        table[fd].flags.remove(.armed)
+        let timeout = config?.flushTimeoutMillis ?? 5_000
+        closing[id] = Closing(deadline: monotonicMillis() + timeout, reason: reason, notify: notify)
+    }
+
+    private func closeConnection(_ fd: CInt, reason: CloseReason, notify event: Event?) {
+        guard let slot = table.remove(fd: fd) else { return }
+        // close() also takes the fd out of the epoll set: it was never dup'ed.
+        closeFD(fd)
+        closing[slot.connID] = nil
+        counters.connections.subtract(1, ordering: .relaxed)
+        counters.closed(reason)
+        logger.debug("Closed connection", metadata: ["connection.id": "\(slot.connID)", "reason": "\(reason.name)"])
+        if let event { emit(to: recipient(of: slot), event) }
+    }
+
+    private func sweep(now: Int64) {
+        for (id, state) in closing where state.deadline <= now {
+            if let fd = table.fd(of: id) {
+                closeConnection(fd, reason: .flushTimeout, notify: state.notify ? .closed(connID: id) : nil)
+            }
+            closing[id] = nil
+        }
+        let due = pausedListeners.filter { $0.until <= now }
+        pausedListeners.removeAll { $0.until <= now }
+        for (listener, _) in due where listeners[listener.fd] != nil {
+            try? Epoll.add(epfd: epfd, fd: listener.fd, events: Epoll.in | Epoll.exclusive,
+                           data: Token.listener(listener.fd))
+        }
+    }
+}

@@ -1,0 +1,42 @@
+/// What a reactor runs with; replaced as a whole by every `start`.
+public struct ReactorConfig: Sendable {
+    public var controller: PidRef
+    public var maxConnections: Int
+    public var maxChunk: Int
+    public var sendQueueLimit: Int
+    public var inputBufferLimit: Int
+    /// How long a closing connection may take to flush its output.
+    public var flushTimeoutMillis: Int64 = 5_000
+
+    public init(controller: PidRef, options: StartOptions) {
+        self.controller = controller
+        maxConnections = options.maxConnections
+        maxChunk = options.maxChunk
+        sendQueueLimit = options.sendQueueLimit
+        inputBufferLimit = options.inputBufferLimit
+    }
+}
+
+/// Work for a reactor, posted by the distribution thread.
+public enum ReactorCommand: Sendable {
+    case configure(ReactorConfig)
+    case addListener(Listener)
+    case removeListener(Listener)
+    /// `get_data`: `owner` wants the next chunk.
+    case getData(owner: PidRef, connID: UInt64)
+    /// `put_data`; errors go to `replyTo`.
+    case putData(replyTo: PidRef?, connID: UInt64, bytes: [UInt8])
+    case sendData(connID: UInt64, bytes: [UInt8])
+    case close(connID: UInt64)
+    /// The distribution link to this node is gone: close the connections its processes own.
+    case nodeDown(node: UInt16)
+    /// Stop accepting, flush and close everything telling the owners, then report `.drained`.
+    case shutdown
+}
+
+/// What a reactor hands back to the distribution thread.
+public enum ReactorOutput: Sendable {
+    case send(to: PidRef, Event)
+    /// The reactor has closed its last connection after `.shutdown` and stopped.
+    case drained(reactor: Int)
+}

@@ -1,0 +1,60 @@
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How to run a Megaphone node; filled in from the command line.
+public struct ServerConfiguration: Sendable {
+    /// The node's alive name (`megaphone` in `megaphone@HOST`).
+    public var name: String
+    /// The host part of the node name; must match the naming mode of the Erlang nodes (short or long).
+    public var host: String
+    public var cookie: String
+    /// The distribution port; 0 lets the kernel choose.
+    public var distPort: Int
+    /// Reactor threads; one per core by default.
+    public var threads: Int
+    /// Seconds of silence after which a connected Erlang node is taken for dead (Erlang's net_ticktime).
+    public var netTicktime: Int
+
+    public init(name: String, host: String, cookie: String, distPort: Int, threads: Int, netTicktime: Int) {
+        self.name = name
+        self.host = host
+        self.cookie = cookie
+        self.distPort = distPort
+        self.threads = threads
+        self.netTicktime = netTicktime
+    }
+
+    /// The short host name, as `erl -sname` uses it: the machine's node name cut at the first dot.
+    public static func defaultHost() -> String {
+        var u = utsname()
+        uname(&u)
+        let nodename = withUnsafeBytes(of: &u.nodename) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        return String(nodename.split(separator: ".").first ?? "localhost")
+    }
+}
+
+/// Wires the C node, the reactors and the distribution thread together and runs until shutdown.
+public enum Server {
+    /// Starts everything and serves on the calling thread. Returns after a graceful shutdown.
+    public static func run(_ configuration: ServerConfiguration, logger: Logger) throws {
+        // Before any thread starts, so that all inherit the mask and only the signalfd sees them.
+        DistributionLink.blockSignals()
+        let node = try CNode(alive: configuration.name, host: configuration.host, cookie: configuration.cookie,
+                             distPort: configuration.distPort, logger: logger)
+        let counters = Counters()
+        let output = try Mailbox<ReactorOutput>()
+        var reactors: [Reactor] = []
+        for index in 0..<configuration.threads {
+            reactors.append(try Reactor(index: index, output: output, counters: counters, logger: logger))
+        }
+        let link = try DistributionLink(node: node, reactors: reactors, output: output, counters: counters,
+                                        netTicktimeSeconds: configuration.netTicktime, logger: logger)
+        for reactor in reactors {
+            _ = try PThread.spawn(name: "reactor-\(reactor.index)") { reactor.run() }
+        }
+        link.run()
+    }
+}

@@ -1,0 +1,126 @@
+import ArgumentParser
+import Logging
+import MegaphoneCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The `megaphone` command: a hidden Erlang node that terminates XMPP client sockets for ejabberd.
+@main
+struct Megaphone: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "megaphone",
+        abstract: "Hidden Erlang node that holds XMPP client sockets and forwards their bytes to ejabberd.",
+        discussion: """
+            The node publishes itself in epmd as NAME@HOST (starting epmd if none runs) and waits for an \
+            Erlang node with the same cookie to send {start, From, Ref, Opts}. See README.md.
+            """,
+        version: "0.1.0"
+    )
+
+    @Option(help: "Node name (the part before @).")
+    var name: String = "megaphone"
+
+    @Option(help: "Host part of the node name; short by default, like erl -sname. Use a dotted name for -name nodes.")
+    var host: String? = nil
+
+    @Option(help: "Distribution cookie. Visible in ps; prefer --cookie-file.")
+    var cookie: String? = nil
+
+    @Option(help: "File holding the cookie (default when neither is given: ~/.erlang.cookie).")
+    var cookieFile: String? = nil
+
+    @Option(help: "Distribution port (0: any free port).")
+    var distPort: Int = 0
+
+    @Option(help: "Log level.")
+    var logLevel: LogLevelOption = .info
+
+    @Option(help: "Reactor threads (default: one per core).")
+    var threads: Int? = nil
+
+    @Option(help: "Seconds without traffic after which a connected Erlang node counts as gone (its net_ticktime).")
+    var netTicktime: Int = 60
+
+    func validate() throws {
+        guard !name.isEmpty, name.utf8.count <= 200,
+              name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "-") })
+        else { throw ValidationError("--name must be letters, digits, '_' or '-'") }
+        if let host, host.isEmpty || host.contains("@") { throw ValidationError("--host must be a host name") }
+        if cookie != nil && cookieFile != nil { throw ValidationError("give --cookie or --cookie-file, not both") }
+        if let cookie, cookie.isEmpty { throw ValidationError("--cookie must not be empty") }
+        guard (0...65_535).contains(distPort) else { throw ValidationError("--dist-port must be 0...65535") }
+        if let threads, !(1...Reactor_maxReactors).contains(threads) {
+            throw ValidationError("--threads must be 1...\(Reactor_maxReactors)")
+        }
+        guard netTicktime > 0 else { throw ValidationError("--net-ticktime must be positive") }
+    }
+
+    func run() throws {
+        let level = logLevel.level
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "megaphone")
+        let configuration = ServerConfiguration(
+            name: name,
+            host: host ?? ServerConfiguration.defaultHost(),
+            cookie: try readCookie(),
+            distPort: distPort,
+            threads: threads ?? max(1, Int(sysconf(CInt(_SC_NPROCESSORS_ONLN)))),
+            netTicktime: netTicktime
+        )
+        // Failures (NodeError, SystemError, StartupError) print as one "Error: ..." line and exit 1.
+        try Server.run(configuration, logger: logger)
+    }
+
+    private func readCookie() throws -> String {
+        if let cookie { return cookie }
+        let path: String
+        if let cookieFile {
+            path = cookieFile
+        } else if let home = getenv("HOME") {
+            path = String(cString: home) + "/.erlang.cookie"
+        } else {
+            throw ValidationError("give --cookie or --cookie-file")
+        }
+        guard let file = fopen(path, "r") else {
+            throw StartupError("cannot read cookie file \(path): \(String(cString: strerror(errno)))")
+        }
+        defer { fclose(file) }
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 512)
+        while true {
+            let n = fread(&buffer, 1, buffer.count, file)
+            if n <= 0 { break }
+            bytes += buffer[0..<n]
+            guard bytes.count <= 4096 else { throw StartupError("cookie file \(path) is too long") }
+        }
+        let cookie = String(decoding: bytes, as: UTF8.self).trimmingWhitespace
+        guard !cookie.isEmpty else { throw StartupError("cookie file \(path) is empty") }
+        return cookie
+    }
+}
+
+/// A start-up failure, printed as one line.
+struct StartupError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+enum LogLevelOption: String, ExpressibleByArgument, CaseIterable {
+    case trace, debug, info, notice, warning, error, critical
+
+    var level: Logger.Level { Logger.Level(rawValue: rawValue) ?? .info }
+}
+
+private let Reactor_maxReactors = Reactor.maxReactors
+
+extension String {
+    fileprivate var trimmingWhitespace: String {
+        String(drop(while: \.isWhitespace).reversed().drop(while: \.isWhitespace).reversed())
+    }
+}
