@@ -39,7 +39,16 @@ public final class TermEncoder {
     }
 
     public func tuple(_ arity: Int) { ei_x_encode_tuple_header(&x, arity) }
-    public func atom(_ name: String) { ei_x_encode_atom(&x, name) }
+    /// An atom from UTF-8 text. (`ei_x_encode_atom` would read the bytes as latin-1 and encode them
+    /// twice.)
+    public func atom(_ name: String) {
+        var name = name
+        name.withUTF8 { utf8 in
+            utf8.withMemoryRebound(to: CChar.self) {
+                _ = ei_x_encode_atom_len_as(&x, $0.baseAddress, CInt($0.count), ERLANG_UTF8, ERLANG_UTF8)
+            }
+        }
+    }
     public func uint(_ value: UInt64) { ei_x_encode_ulonglong(&x, value) }
     public func int(_ value: Int) { ei_x_encode_longlong(&x, Int64(value)) }
     public func list(_ count: Int) { if count > 0 { ei_x_encode_list_header(&x, count) } }

@@ -1,0 +1,57 @@
+import Testing
+
+@testable import MegaphoneCore
+
+struct EventTests {
+    func encode(_ event: Event) -> [UInt8] {
+        let e = TermEncoder()
+        e.reset()
+        event.encode(into: e, selfPid: { $0.pid(node: "megaphone@vm", num: 0, serial: 0, creation: 4) })
+        return e.bytes
+    }
+
+    @Test func connectCarriesBothAddresses() throws {
+        let peer = SocketAddress(ip: .loopbackIPv4, port: 40_000)
+        let local = SocketAddress(ip: IPAddress(bytes: [0xfe, 0x80] + [UInt8](repeating: 0, count: 13) + [1])!, port: 5222)
+        let bytes = encode(.connected(connID: 256, peer: peer, local: local, transport: .tcp))
+        try bytes.withUnsafeBytes { raw in
+            var r = TermReader(raw)
+            try r.readVersion()
+            #expect(try r.readTupleHeader() == 6)
+            #expect(try r.readAtom() == "megaphone_connect")
+            #expect(try r.readPid().node == "megaphone@vm")
+            #expect(try r.readUInt64() == 256)
+            #expect(try r.readTupleHeader() == 2)
+            #expect(try r.readTupleHeader() == 4)
+            #expect(try (0..<4).map { _ in try r.readInt() } == [127, 0, 0, 1])
+            #expect(try r.readInt() == 40_000)
+            #expect(try r.readTupleHeader() == 2)
+            #expect(try r.readTupleHeader() == 8)
+            #expect(try (0..<8).map { _ in try r.readInt() } == [0xfe80, 0, 0, 0, 0, 0, 0, 1])
+            #expect(try r.readInt() == 5222)
+            #expect(try r.readAtom() == "tcp")
+            #expect(r.isAtEnd)
+        }
+    }
+
+    @Test func dataAndErrors() throws {
+        try encode(.data(connID: 1, bytes: [1, 2, 3])).withUnsafeBytes { raw in
+            var r = TermReader(raw)
+            try r.readVersion()
+            #expect(try r.readTupleHeader() == 3)
+            #expect(try r.readAtom() == "tcp")
+            #expect(try r.readUInt64() == 1)
+            #expect(try r.readIOData(limit: 10) == [1, 2, 3])
+        }
+        try encode(.requestError(tag: .ref([97, 5]), reason: .unknownRequest(tag: "foo"))).withUnsafeBytes { raw in
+            var r = TermReader(raw)
+            try r.readVersion()
+            #expect(try r.readTupleHeader() == 3)
+            #expect(try r.readAtom() == "megaphone_error")
+            #expect(try r.readInt() == 5)
+            #expect(try r.readTupleHeader() == 2)
+            #expect(try r.readAtom() == "unknown_request")
+            #expect(try r.readAtom() == "foo")
+        }
+    }
+}

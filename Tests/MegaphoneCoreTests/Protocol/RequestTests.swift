@@ -1,0 +1,128 @@
+import Testing
+
+@testable import MegaphoneCore
+
+struct RequestTests {
+    let nodes = NodeNames()
+    let limits = RequestLimits(maxPutData: 1024)
+
+    func decode(_ build: (TermEncoder) -> Void) throws(RequestError) -> Request {
+        let e = TermEncoder()
+        e.reset()
+        build(e)
+        let bytes = e.bytes
+        var result: Result<Request, RequestError> = .failure(RequestError(replyTo: nil, tag: .undefined, reason: .badarg("x")))
+        bytes.withUnsafeBytes { raw in
+            do throws(RequestError) {
+                result = .success(try Request.decode(raw, nodes: nodes, limits: limits))
+            } catch {
+                result = .failure(error)
+            }
+        }
+        return try result.get()
+    }
+
+    func failure(_ build: (TermEncoder) -> Void) -> RequestError? {
+        do {
+            _ = try decode(build)
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    func shellPid(_ e: TermEncoder) { e.pid(node: "shell@vm", num: 80, serial: 0, creation: 5) }
+
+    @Test func everyRequestOfTheVocabulary() throws {
+        let shell = PidRef(node: 1, num: 80, serial: 0, creation: 5)
+        #expect(try decode { e in e.tuple(3); e.atom("get_data"); shellPid(e); e.uint(513) }
+                == .getData(from: shell, connID: 513))
+        #expect(try decode { e in e.tuple(3); e.atom("put_data"); e.uint(513); e.binary([1, 2]) }
+                == .putData(connID: 513, bytes: [1, 2]))
+        #expect(try decode { e in e.tuple(3); e.atom("send_data"); e.uint(513); e.list(1); e.binary([3]); e.emptyList() }
+                == .sendData(connID: 513, bytes: [3]))
+        #expect(try decode { e in e.tuple(2); e.atom("close"); e.uint(513) } == .close(connID: 513))
+        #expect(try decode { e in e.tuple(1); e.atom("shutdown") } == .shutdownQuietly)
+        #expect(try decode { e in e.tuple(3); e.atom("shutdown"); shellPid(e); e.atom("r") }
+                == .shutdown(from: shell, ref: [119, 1, 114]))
+        #expect(try decode { e in e.tuple(3); e.atom("stats"); shellPid(e); e.uint(9) }
+                == .stats(from: shell, ref: [97, 9]))
+    }
+
+    @Test func startOptions() throws {
+        let request = try decode { e in
+            e.tuple(4)
+            e.atom("start")
+            shellPid(e)
+            e.atom("ref")
+            e.list(5)
+            e.tuple(2); e.atom("listen")
+            e.list(2)
+            e.tuple(3); e.atom("tcp"); e.tuple(4); [127, 0, 0, 1].forEach { e.uint($0) }; e.uint(5222)
+            e.tuple(3); e.atom("tls"); e.atom("any"); e.uint(0)
+            e.emptyList()
+            e.tuple(2); e.atom("max_chunk"); e.uint(16)
+            e.tuple(2); e.atom("max_connections"); e.atom("infinity")
+            e.tuple(2); e.atom("send_queue_limit"); e.uint(4096)
+            e.tuple(2); e.atom("controller"); e.pid(node: "ej@vm", num: 1, serial: 2, creation: 3)
+            e.emptyList()
+        }
+        guard case .start(_, _, let options) = request else {
+            Issue.record("not a start: \(request)")
+            return
+        }
+        #expect(options.listeners == [
+            ListenerSpec(transport: .tcp, ip: .loopbackIPv4, port: 5222),
+            ListenerSpec(transport: .tls, ip: .anyIPv4, port: 0),
+        ])
+        #expect(options.maxChunk == 16)
+        #expect(options.maxConnections == .max)
+        #expect(options.sendQueueLimit == 4096)
+        #expect(options.inputBufferLimit == 1 << 20)
+        #expect(options.controller == PidRef(node: 2, num: 1, serial: 2, creation: 3))
+    }
+
+    @Test func malformedRequestsSayWhatAndWhere() {
+        // {get_data, notapid, x}: no From to answer, so the caller falls back to the sender.
+        let notAPid = failure { e in e.tuple(3); e.atom("get_data"); e.atom("notapid"); e.atom("x") }
+        #expect(notAPid == RequestError(replyTo: nil, tag: .undefined, reason: .badarg("from")))
+
+        let notInt = failure { e in e.tuple(3); e.atom("get_data"); shellPid(e); e.binary(Array("notint".utf8)) }
+        #expect(notInt?.reason == .badarg("conn_id"))
+        #expect(notInt?.replyTo == PidRef(node: 1, num: 80, serial: 0, creation: 5))
+
+        #expect(failure { e in e.tuple(2); e.atom("foo"); e.atom("bar") }?.reason == .unknownRequest(tag: "foo"))
+        #expect(failure { e in e.atom("not_a_tuple") }?.reason == .unknownRequest(tag: nil))
+        #expect(failure { e in e.tuple(0) }?.reason == .unknownRequest(tag: nil))
+        // Known tag, wrong arity.
+        #expect(failure { e in e.tuple(2); e.atom("get_data"); e.uint(1) }?.reason == .unknownRequest(tag: "get_data"))
+
+        let tooBig = failure { e in e.tuple(3); e.atom("put_data"); e.uint(77); e.binary([UInt8](repeating: 0, count: 1025)) }
+        #expect(tooBig == RequestError(replyTo: nil, tag: .connID(77), reason: .tooLarge(limit: 1024)))
+
+        let badData = failure { e in e.tuple(3); e.atom("send_data"); e.uint(77); e.atom("x") }
+        #expect(badData?.reason == .badarg("data"))
+    }
+
+    @Test func badStartOptionsAreNamed() {
+        func start(_ opts: (TermEncoder) -> Void) -> ErrorReason? {
+            failure { e in
+                e.tuple(4); e.atom("start"); shellPid(e); e.atom("r")
+                e.list(1); opts(e); e.emptyList()
+            }?.reason
+        }
+        #expect(start { e in e.tuple(2); e.atom("listen"); e.atom("bogus") } == .badopt("listen"))
+        #expect(start { e in e.tuple(2); e.atom("max_chunk"); e.uint(0) } == .badopt("max_chunk"))
+        #expect(start { e in e.tuple(2); e.atom("colour"); e.atom("blue") } == .badopt("colour"))
+        #expect(start { e in
+            e.tuple(2); e.atom("listen"); e.list(1)
+            e.tuple(3); e.atom("udp"); e.atom("any"); e.uint(1)
+            e.emptyList()
+        } == .badopt("listen"))
+        #expect(start { e in
+            e.tuple(2); e.atom("listen"); e.list(1)
+            e.tuple(3); e.atom("tcp"); e.atom("any"); e.uint(70_000)
+            e.emptyList()
+        } == .badopt("listen"))
+    }
+}
