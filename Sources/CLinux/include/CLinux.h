@@ -15,6 +15,14 @@
 /* EPOLLET is 1u << 31: as an enum constant it does not fit a signed int and Swift imports it oddly. */
 static inline unsigned int CLinux_EPOLLET(void) { return EPOLLET; }
 
+/* The socket type flags, whose declarations end up owned by different Clang modules in debug and
+ * release builds; one name each here. */
+enum {
+    CLinux_SOCK_STREAM = SOCK_STREAM,
+    CLinux_SOCK_NONBLOCK = SOCK_NONBLOCK,
+    CLinux_SOCK_CLOEXEC = SOCK_CLOEXEC,
+};
+
 /* accept4 and pthread_setname_np are _GNU_SOURCE functions, invisible through Glibc. */
 static inline int CLinux_accept4(int fd, int flags) { return accept4(fd, 0, 0, flags); }
 static inline int CLinux_pthread_setname_np(pthread_t thread, const char *name) {

@@ -90,7 +90,7 @@ enum Socket {
     static func listen(on address: SocketAddress, backlog: CInt) throws(SystemError) -> CInt {
         let family = address.ip.isIPv4 ? AF_INET : AF_INET6
         let fd = try syscallBlocking("socket") {
-            Glibc.socket(family, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
+            Glibc.socket(family, CInt(CLinux_SOCK_STREAM) | CInt(CLinux_SOCK_NONBLOCK) | CInt(CLinux_SOCK_CLOEXEC), 0)
         }
         do throws(SystemError) {
             try setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
@@ -106,7 +106,7 @@ enum Socket {
     /// Accepts one connection as a non-blocking, close-on-exec fd.
     static func accept(_ listenFD: CInt) throws(SystemError) -> IOResult<CInt> {
         try syscall("accept4") {
-            CLinux_accept4(listenFD, CInt(SOCK_NONBLOCK.rawValue) | CInt(SOCK_CLOEXEC.rawValue))
+            CLinux_accept4(listenFD, CInt(CLinux_SOCK_NONBLOCK) | CInt(CLinux_SOCK_CLOEXEC))
         }
     }
 
