@@ -1,0 +1,305 @@
+%%%----------------------------------------------------------------------
+%%% File    : megaphone.erl
+%%% Purpose : Client API of a Megaphone node
+%%%----------------------------------------------------------------------
+
+%% @doc Client API of a Megaphone node.
+%%
+%% A Megaphone node is a hidden C node, written in Swift, that holds client
+%% TCP and TLS sockets and moves their bytes over Erlang distribution. It is
+%% reached as `{megaphone, Node}'. Each function here sends one distribution
+%% message to it; they hide the message format (see DESIGN.md) and need
+%% nothing else loaded, so they work from a plain `erl -sname x -setcookie C'
+%% shell:
+%%
+%% ```
+%% 1> Node = 'megaphone@vm'.
+%% 2> {ok, #{listeners := [{tcp, _, Port}]}} =
+%%        megaphone:start(Node, [{listen, [{tcp, {127,0,0,1}, 5222}]}]).
+%% 3> flush().    % a client connects:
+%% Shell got {megaphone_connect, NodePid, ConnId, {PeerIP, PeerPort}, {LocalIP, 5222}, tcp}
+%% 4> megaphone:recv(Node, ConnId, 5000).
+%% {ok, <<"<?xml version='1.0'?>">>}
+%% 5> megaphone:send_data(Node, ConnId, <<"<stream:stream ...>">>).
+%% ok
+%% '''
+%%
+%% What the node sends back, besides the replies to `start', `stats' and
+%% `shutdown':
+%% <ul>
+%% <li>`{megaphone_connect, NodePid, ConnId, {PeerIP, PeerPort},
+%%     {LocalIP, LocalPort}, tcp | tls}' to the controller when a client has
+%%     connected (and finished any TLS handshake);</li>
+%% <li>`{tcp, ConnId, Binary}' to the owner, one chunk per `get_data/2';</li>
+%% <li>`{tcp_closed, ConnId}' and `{tcp_error, ConnId, Reason}' to the owner,
+%%     else the controller, even when no `get_data/2' is outstanding;</li>
+%% <li>`{megaphone_error, RefOrConnId, Reason}' to the sender of a malformed
+%%     or unknown request; the node keeps serving.</li>
+%% </ul>
+-module(megaphone).
+
+%% API.
+-export([start/2]).
+-export([start/3]).
+-export([stats/1]).
+-export([stats/2]).
+-export([shutdown/1]).
+-export([shutdown/2]).
+-export([get_data/2]).
+-export([put_data/3]).
+-export([send_data/3]).
+-export([close/2]).
+-export([recv/3]).
+
+-export_type([conn_id/0]).
+-export_type([transport/0]).
+-export_type([listener/0]).
+-export_type([opt/0]).
+-export_type([opts/0]).
+-export_type([info/0]).
+-export_type([stats/0]).
+
+%% The registered name we address. A C node accepts any name; DESIGN.md keeps
+%% this one so that traces read well.
+-define(NAME, megaphone).
+-define(DEFAULT_TIMEOUT, 5000).
+%% A graceful shutdown flushes every connection's send queue first.
+-define(DEFAULT_SHUTDOWN_TIMEOUT, 15000).
+
+-type conn_id() :: non_neg_integer().
+%% A connection's ID: unique for the lifetime of the Megaphone process.
+
+-type transport() :: tcp | starttls | tls.
+%% `tcp': plain; `starttls': the node answers the first stream header with
+%% required STARTTLS and hands the session over after the handshake; `tls':
+%% direct TLS (XEP-0368).
+
+-type listener() :: {transport(), inet:ip_address() | any, inet:port_number()}.
+%% Port 0 asks for an ephemeral port; `info()' tells which one was bound.
+
+-type opt() :: {listen, [listener()]}
+             | {certfile, file:filename_all()}
+             | {max_connections, pos_integer() | infinity}
+             | {max_chunk, pos_integer()}
+             | {send_queue_limit, pos_integer()}
+             | {input_buffer_limit, pos_integer()}
+             | {controller, pid()}.
+%% <ul>
+%% <li>`listen': the listeners to open;</li>
+%% <li>`certfile': PEM certificate chain and key, for `starttls' and `tls';</li>
+%% <li>`max_connections': clients past this are closed at once (default
+%%     `infinity');</li>
+%% <li>`max_chunk': the largest `{tcp, ConnId, Binary}' (default 64 KiB);</li>
+%% <li>`send_queue_limit': bytes queued for one client before the node closes
+%%     it and tells the owner `{tcp_error, ConnId, send_queue_full}';</li>
+%% <li>`input_buffer_limit': bytes held for one client before `get_data'
+%%     takes them (`put_data' past it is refused);</li>
+%% <li>`controller': who gets `megaphone_connect' (default: the caller of
+%%     `start').</li>
+%% </ul>
+
+-type opts() :: [opt()].
+
+-type info() :: #{listeners => [listener()], atom() => term()}.
+%% What `start' opened; `listeners' carries the ports actually bound.
+
+-type stats() :: #{atom() => term()}.
+%% Counters: at least `connections', `accepted', `bytes_in', `bytes_out'.
+
+%%====================================================================
+%% API
+%%====================================================================
+
+%% @equiv start(Node, Opts, 5000)
+-spec start(node(), opts()) -> {ok, info()} | {error, nodedown | timeout | term()}.
+start(Node, Opts) ->
+    start(Node, Opts, ?DEFAULT_TIMEOUT).
+
+%% @doc Opens the listeners in `Opts' and makes the caller (or
+%% `{controller, Pid}') the controller. `Opts' is the whole configuration:
+%% calling it again replaces it, keeping open (on the same port, also for
+%% port 0) the listeners it names again; with the same options it changes
+%% nothing and returns the same `Info'. `{error, nodedown}' also when this
+%% node is not distributed.
+-spec start(node(), opts(), timeout()) ->
+          {ok, info()} | {error, nodedown | timeout | term()}.
+start(Node, Opts, Timeout) ->
+    call(Node, fun(Ref) -> {start, self(), Ref, Opts} end,
+         megaphone_started, Timeout).
+
+%% @equiv stats(Node, 5000)
+-spec stats(node()) -> {ok, stats()} | {error, nodedown | timeout | term()}.
+stats(Node) ->
+    stats(Node, ?DEFAULT_TIMEOUT).
+
+%% @doc The node's counters.
+-spec stats(node(), timeout()) ->
+          {ok, stats()} | {error, nodedown | timeout | term()}.
+stats(Node, Timeout) ->
+    call(Node, fun(Ref) -> {stats, self(), Ref} end, megaphone_stats, Timeout).
+
+%% @equiv shutdown(Node, 15000)
+-spec shutdown(node()) -> {ok, stats()} | {error, nodedown | timeout | term()}.
+shutdown(Node) ->
+    shutdown(Node, ?DEFAULT_SHUTDOWN_TIMEOUT).
+
+%% @doc Stops the node gracefully: it stops accepting, flushes and closes
+%% every connection (each owner gets `{tcp_closed, ConnId}'), replies with
+%% its final counters and exits. Returns once the link to the node has
+%% dropped, or `Timeout' after the call at the latest.
+-spec shutdown(node(), timeout()) ->
+          {ok, stats()} | {error, nodedown | timeout | term()}.
+shutdown(Node, Timeout) ->
+    Deadline = deadline(Timeout),
+    with_node_monitor(
+      Node,
+      fun() ->
+              case request(Node, fun(Ref) -> {shutdown, self(), Ref} end,
+                           megaphone_stopped, Timeout) of
+                  {ok, Stats} ->
+                      %% The node exits right after its reply: wait for the
+                      %% link to drop, so that on return the node is gone.
+                      receive
+                          {nodedown, Node} -> ok
+                      after remaining(Deadline) ->
+                              ok
+                      end,
+                      {ok, Stats};
+                  Error ->
+                      Error
+              end
+      end).
+
+%% @doc Asks for the next chunk of the client's bytes ("active once"). It
+%% arrives to the caller as `{tcp, ConnId, Binary}', at most `max_chunk'
+%% bytes, at once if bytes are buffered, else when they arrive; one chunk per
+%% call. The caller becomes the connection's owner.
+-spec get_data(node(), conn_id()) -> ok | {error, nodedown}.
+get_data(Node, ConnId) ->
+    cast(Node, {get_data, self(), ConnId}).
+
+%% @doc Injects `Data' into the connection's input as if the client had sent
+%% it. `get_data/2' delivers it after the bytes the node already holds for
+%% the connection and before any it reads from the socket later.
+-spec put_data(node(), conn_id(), iodata()) -> ok | {error, nodedown}.
+put_data(Node, ConnId, Data) ->
+    cast(Node, {put_data, ConnId, Data}).
+
+%% @doc Queues `Data' for the client socket.
+-spec send_data(node(), conn_id(), iodata()) -> ok | {error, nodedown}.
+send_data(Node, ConnId, Data) ->
+    cast(Node, {send_data, ConnId, Data}).
+
+%% @doc Closes the connection once what is queued for it has been sent.
+-spec close(node(), conn_id()) -> ok | {error, nodedown}.
+close(Node, ConnId) ->
+    cast(Node, {close, ConnId}).
+
+%% @doc `get_data/2', then waits for the chunk: for shells and tests. On
+%% `{error, timeout}' the request stays armed and its chunk arrives later as
+%% a `{tcp, ConnId, Binary}' message.
+-spec recv(node(), conn_id(), timeout()) ->
+          {ok, binary()} | {error, closed | timeout | nodedown | term()}.
+recv(Node, ConnId, Timeout) ->
+    with_node_monitor(
+      Node,
+      fun() ->
+              erlang:send({?NAME, Node}, {get_data, self(), ConnId}),
+              receive
+                  {tcp, ConnId, Bin} -> {ok, Bin};
+                  {tcp_closed, ConnId} -> {error, closed};
+                  {tcp_error, ConnId, Reason} -> {error, Reason};
+                  {megaphone_error, ConnId, Reason} -> {error, Reason};
+                  {nodedown, Node} -> {error, nodedown}
+              after Timeout ->
+                      {error, timeout}
+              end
+      end).
+
+%%====================================================================
+%% Internal functions
+%%====================================================================
+
+%% net_adm:ping/1 hangs against a C node; net_kernel:connect_node/1 does not.
+%% It returns `ignored' when this node is not distributed.
+-spec connect(node()) -> ok | {error, nodedown}.
+connect(Node) ->
+    case net_kernel:connect_node(Node) of
+        true -> ok;
+        _ -> {error, nodedown}
+    end.
+
+%% The async calls sit on the hot path (a c2s asks for every chunk), so try
+%% the established connection first and go through net_kernel only when it
+%% is missing.
+-spec cast(node(), term()) -> ok | {error, nodedown}.
+cast(Node, Msg) ->
+    case erlang:send({?NAME, Node}, Msg, [noconnect]) of
+        ok ->
+            ok;
+        noconnect ->
+            case connect(Node) of
+                ok ->
+                    erlang:send({?NAME, Node}, Msg),
+                    ok;
+                Error ->
+                    Error
+            end
+    end.
+
+-spec call(node(), fun((reference()) -> term()), atom(), timeout()) ->
+          {ok, term()} | {error, term()}.
+call(Node, Request, ReplyTag, Timeout) ->
+    with_node_monitor(
+      Node, fun() -> request(Node, Request, ReplyTag, Timeout) end).
+
+%% erlang:monitor(process, ...) delivers nothing for a pid or name on a C
+%% node, so a lost link is seen through monitor_node/2 instead.
+-spec with_node_monitor(node(), fun(() -> Result)) -> Result | {error, nodedown}.
+with_node_monitor(Node, Fun) ->
+    case connect(Node) of
+        ok ->
+            true = erlang:monitor_node(Node, true),
+            try
+                Fun()
+            after
+                true = erlang:monitor_node(Node, false),
+                flush_nodedown(Node)
+            end;
+        Error ->
+            Error
+    end.
+
+-spec request(node(), fun((reference()) -> term()), atom(), timeout()) ->
+          {ok, term()} | {error, term()}.
+request(Node, Request, ReplyTag, Timeout) ->
+    Ref = make_ref(),
+    erlang:send({?NAME, Node}, Request(Ref)),
+    receive
+        {ReplyTag, Ref, Reply} -> {ok, Reply};
+        {megaphone_error, Ref, Reason} -> {error, Reason};
+        {nodedown, Node} -> {error, nodedown}
+    after Timeout ->
+            {error, timeout}
+    end.
+
+%% A nodedown that raced with monitor_node(Node, false).
+-spec flush_nodedown(node()) -> ok.
+flush_nodedown(Node) ->
+    receive
+        {nodedown, Node} -> ok
+    after 0 ->
+            ok
+    end.
+
+-spec deadline(timeout()) -> integer() | infinity.
+deadline(infinity) ->
+    infinity;
+deadline(Timeout) ->
+    erlang:monotonic_time(millisecond) + Timeout.
+
+-spec remaining(integer() | infinity) -> timeout().
+remaining(infinity) ->
+    infinity;
+remaining(Deadline) ->
+    max(0, Deadline - erlang:monotonic_time(millisecond)).
