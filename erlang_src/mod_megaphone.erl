@@ -1,0 +1,535 @@
+%%%----------------------------------------------------------------------
+%%% File    : mod_megaphone.erl
+%%% Purpose : Turn connections held by Megaphone nodes into ejabberd_c2s sessions
+%%%----------------------------------------------------------------------
+
+%% @doc ejabberd module that attaches Megaphone nodes to this ejabberd node.
+%%
+%% Its gen_server (registered as `mod_megaphone') connects to every
+%% configured Megaphone node, retrying every `connect_retry', and sends it
+%% `start' with that node's listeners. For each `megaphone_connect' it starts
+%% an `ejabberd_c2s' session over {@link megaphone_socket}, the way WebSocket
+%% and BOSH start theirs, passing the client's real address as
+%% `sock_peer_name'. In raw-bytes mode nothing in ejabberd watches the
+%% socket, so the gen_server does: a session that dies gets its connection
+%% closed on the Megaphone node, and a Megaphone node that goes down gets
+%% `{tcp_closed, ConnId}' sent to each of its sessions.
+%%
+%% Megaphone nodes serve every virtual host (the client names the host in
+%% its stream header), so there is one gen_server per ejabberd node, started
+%% by the first host that loads the module, with that host's options.
+-module(mod_megaphone).
+
+-behaviour(gen_mod).
+-behaviour(gen_server).
+
+-include("logger.hrl").
+-include("ejabberd_commands.hrl").
+
+%% API.
+-export([status/0]).
+-export([megaphone_status/0]).
+
+%% gen_mod callbacks.
+-export([start/2]).
+-export([stop/1]).
+-export([reload/3]).
+-export([depends/2]).
+-export([mod_options/1]).
+-export([mod_opt_type/1]).
+-export([mod_doc/0]).
+
+%% gen_server callbacks.
+-export([init/1]).
+-export([handle_call/3]).
+-export([handle_cast/2]).
+-export([handle_info/2]).
+-export([terminate/2]).
+-export([code_change/3]).
+
+-type node_status() :: connecting | starting | started.
+-type listener() :: {tcp | starttls | tls, inet:ip_address(), inet:port_number()}.
+
+-record(mp_node,
+        {name                 :: node(),
+         listeners = []       :: [listener()],
+         max_connections      :: pos_integer() | infinity,
+         status = connecting  :: node_status(),
+         start_ref            :: reference() | undefined,
+         sessions = 0         :: non_neg_integer()}).
+
+-record(state,
+        {host                 :: binary(),
+         opts                 :: gen_mod:opts(),
+         nodes = #{}          :: #{node() => #mp_node{}},
+         %% {Node, ConnId} -> {C2SPid, MonitorRef}
+         sessions = #{}       :: #{{node(), megaphone:conn_id()} => {pid(), reference()}},
+         %% MonitorRef -> {Node, ConnId}
+         monitors = #{}       :: #{reference() => {node(), megaphone:conn_id()}}}).
+
+%% How long the Megaphone node may take to answer `start'.
+-define(START_TIMEOUT, 10000).
+
+%%====================================================================
+%% API
+%%====================================================================
+
+%% Each configured Megaphone node with its state and, once started, its
+%% counters. The counters are asked from the nodes by the caller, so a slow
+%% node cannot block the gen_server.
+-spec status() -> [#{node := node(), status := node_status(), sessions := non_neg_integer(),
+                     connections := non_neg_integer() | undefined,
+                     bytes_in := non_neg_integer() | undefined,
+                     bytes_out := non_neg_integer() | undefined}].
+status() ->
+    Nodes = try gen_server:call(?MODULE, nodes, 5000)
+            catch exit:{noproc, _} -> []
+            end,
+    [begin
+         Stats = case Status of
+                     started ->
+                         case megaphone:stats(Name, 2000) of
+                             {ok, S} -> S;
+                             {error, _} -> #{}
+                         end;
+                     _ -> #{}
+                 end,
+         #{node => Name, status => Status, sessions => Sessions,
+           connections => maps:get(connections, Stats, undefined),
+           bytes_in => maps:get(bytes_in, Stats, undefined),
+           bytes_out => maps:get(bytes_out, Stats, undefined)}
+     end || {Name, Status, Sessions} <- Nodes].
+
+%% The `ejabberdctl megaphone_status' command: one line per node.
+-spec megaphone_status() -> [{binary(), atom(), integer(), integer(), integer(), integer()}].
+megaphone_status() ->
+    [{atom_to_binary(Node, utf8), Status, Sessions, undefined_to_zero(Conns),
+      undefined_to_zero(In), undefined_to_zero(Out)}
+     || #{node := Node, status := Status, sessions := Sessions, connections := Conns,
+          bytes_in := In, bytes_out := Out} <- status()].
+
+%%====================================================================
+%% gen_mod callbacks
+%%====================================================================
+
+-spec start(binary(), gen_mod:opts()) -> ok | {ok, pid()} | {error, term()}.
+start(Host, Opts) ->
+    ejabberd_commands:register_commands(?MODULE, get_commands_spec()),
+    case gen_mod:start_child(?MODULE, Host, Opts, ?MODULE) of
+        {ok, Pid} -> {ok, Pid};
+        {error, {already_started, _}} ->
+            ?INFO_MSG("mod_megaphone already runs for another host; ~ts shares it", [Host]),
+            ok;
+        {error, _} = Err -> Err
+    end.
+
+-spec stop(binary()) -> ok.
+stop(Host) ->
+    case gen_mod:is_loaded_elsewhere(Host, ?MODULE) of
+        true ->
+            ok;
+        false ->
+            ejabberd_commands:unregister_commands(get_commands_spec()),
+            _ = gen_mod:stop_child(?MODULE),
+            ok
+    end.
+
+-spec reload(binary(), gen_mod:opts(), gen_mod:opts()) -> ok.
+reload(_Host, NewOpts, _OldOpts) ->
+    gen_server:cast(?MODULE, {reload, NewOpts}).
+
+-spec depends(binary(), gen_mod:opts()) -> [{module(), hard | soft}].
+depends(_Host, _Opts) ->
+    [].
+
+mod_opt_type(nodes) ->
+    econf:map(
+      econf:atom(),
+      econf:options(
+        #{listen => listen_validator(),
+          max_connections => econf:pos_int(infinity)},
+        [{return, map}, unique]),
+      [{return, map}]);
+mod_opt_type(listen) ->
+    listen_validator();
+mod_opt_type(max_connections) ->
+    econf:pos_int(infinity);
+mod_opt_type(access) ->
+    econf:acl();
+mod_opt_type(shaper) ->
+    econf:shaper();
+mod_opt_type(max_stanza_size) ->
+    econf:pos_int(infinity);
+mod_opt_type(max_fsm_queue) ->
+    econf:pos_int();
+mod_opt_type(connect_retry) ->
+    econf:timeout(second).
+
+mod_options(_Host) ->
+    [{nodes, #{}},
+     {listen, []},
+     {max_connections, infinity},
+     {access, undefined},
+     {shaper, undefined},
+     {max_stanza_size, undefined},
+     {max_fsm_queue, undefined},
+     {connect_retry, timer:seconds(5)}].
+
+mod_doc() ->
+    #{desc =>
+          ["Attaches Megaphone nodes to this ejabberd node. A Megaphone node is "
+           "a hidden Erlang node (a Swift program) that holds client sockets and "
+           "forwards their bytes over Erlang distribution; every client that "
+           "connects to it becomes an ordinary c2s session here. Start the "
+           "Megaphone node with the same cookie and the same naming mode "
+           "(short names: --host localhost for an ejabberd node named "
+           "ejabberd@localhost)."],
+      opts =>
+          [{nodes,
+            #{value => "{Node: Options}",
+              desc =>
+                  ["The Megaphone nodes to attach, each with its own 'listen' "
+                   "and 'max_connections'; where a node leaves one out, the "
+                   "module-level option applies."]}},
+           {listen,
+            #{value => "[Listener]",
+              desc =>
+                  ["Default listeners: a list of '{transport: tcp, ip: IP, "
+                   "port: Port}'. 'transport' defaults to 'tcp', 'ip' to "
+                   "'0.0.0.0'. 'starttls' and 'tls' need a Megaphone built with TLS."]}},
+           {max_connections,
+            #{value => "pos_integer() | infinity",
+              desc => ["Most client connections one Megaphone node holds."]}},
+           {access,
+            #{value => "AccessName",
+              desc => ["As the c2s listener option; by default that of the first "
+                       "ejabberd_c2s listener, as WebSocket and BOSH do."]}},
+           {shaper,
+            #{value => "ShaperName",
+              desc => ["As the c2s listener option; by default that of the first "
+                       "ejabberd_c2s listener."]}},
+           {max_stanza_size,
+            #{value => "Size",
+              desc => ["As the c2s listener option; by default that of the first "
+                       "ejabberd_c2s listener."]}},
+           {max_fsm_queue,
+            #{value => "Size",
+              desc => ["As the c2s listener option; by default the global one."]}},
+           {connect_retry,
+            #{value => "timeout()",
+              desc => ["How long to wait before trying an unreachable Megaphone "
+                       "node again. The default is 5 seconds."]}}],
+      example =>
+          ["modules:",
+           "  mod_megaphone:",
+           "    nodes:",
+           "      megaphone@localhost:",
+           "        listen:",
+           "          - port: 5222",
+           "            ip: 0.0.0.0",
+           "    connect_retry: 2"]}.
+
+%%====================================================================
+%% gen_server callbacks
+%%====================================================================
+
+init([Host, Opts]) ->
+    process_flag(trap_exit, true),
+    State = configure(Opts, #state{host = Host, opts = Opts}),
+    {ok, State}.
+
+handle_call(nodes, _From, #state{nodes = Nodes} = State) ->
+    Reply = [{Name, Status, Sessions}
+             || #mp_node{name = Name, status = Status, sessions = Sessions} <- maps:values(Nodes)],
+    {reply, lists:sort(Reply), State};
+handle_call(Request, From, State) ->
+    ?WARNING_MSG("Unexpected call from ~p: ~p", [From, Request]),
+    {noreply, State}.
+
+handle_cast({reload, NewOpts}, State) ->
+    {noreply, configure(NewOpts, State#state{opts = NewOpts})};
+handle_cast(Msg, State) ->
+    ?WARNING_MSG("Unexpected cast: ~p", [Msg]),
+    {noreply, State}.
+
+handle_info({connect, Node}, State) ->
+    {noreply, connect(Node, State)};
+handle_info({connect_result, Node, true}, State) ->
+    %% One monitor per connection: its nodedown message ends it.
+    erlang:monitor_node(Node, true),
+    {noreply, send_start(Node, State)};
+handle_info({connect_result, Node, false}, State) ->
+    {noreply, retry_later(Node, State)};
+handle_info({megaphone_started, Ref, Info}, State) ->
+    {noreply, started(Ref, Info, State)};
+handle_info({megaphone_error, Ref, Reason}, State) when is_reference(Ref) ->
+    {noreply, start_failed(Ref, Reason, State)};
+handle_info({start_timeout, Node, Ref}, State) ->
+    {noreply, start_timed_out(Node, Ref, State)};
+handle_info({megaphone_connect, NodePid, ConnId, Peer, Local, Transport}, State)
+  when is_pid(NodePid), is_integer(ConnId) ->
+    {noreply, start_session(node(NodePid), ConnId, Peer, Local, Transport, State)};
+handle_info({tcp_closed, ConnId} = Msg, State) ->
+    %% The client left before its session asked for data: pass it on.
+    forward(ConnId, Msg, State),
+    {noreply, State};
+handle_info({tcp_error, ConnId, _} = Msg, State) ->
+    forward(ConnId, Msg, State),
+    {noreply, State};
+handle_info({'DOWN', MRef, process, _Pid, _Reason}, State) ->
+    {noreply, session_down(MRef, State)};
+handle_info({nodedown, Node}, State) ->
+    {noreply, node_down(Node, State)};
+handle_info(Info, State) ->
+    ?WARNING_MSG("Unexpected info: ~p", [Info]),
+    {noreply, State}.
+
+terminate(_Reason, #state{nodes = Nodes, sessions = Sessions}) ->
+    %% The module is going away: close the listeners (an empty `start'
+    %% leaves the Megaphone node running) and the sessions it started.
+    maps:foreach(
+      fun(Node, #mp_node{status = started}) ->
+              catch erlang:send({megaphone, Node}, {start, self(), make_ref(), [{listen, []}]},
+                                [noconnect]);
+         (_, _) ->
+              ok
+      end, Nodes),
+    maps:foreach(fun(_, {Pid, _}) -> ejabberd_c2s:close(Pid) end, Sessions).
+
+code_change(_OldVsn, State, _Extra) ->
+    {ok, State}.
+
+%%====================================================================
+%% Internal functions
+%%====================================================================
+
+get_commands_spec() ->
+    [#ejabberd_commands{
+        name = megaphone_status, tags = [server],
+        desc = "Show the Megaphone nodes attached to this node",
+        longdesc = "One line per configured Megaphone node: its name, its state "
+                   "(connecting, starting, started), the sessions started through it, "
+                   "and the node's own count of open connections and bytes in and out.",
+        module = ?MODULE, function = megaphone_status,
+        args = [],
+        result_desc = "Node, state, sessions, connections, bytes in, bytes out",
+        result_example = [{<<"megaphone@localhost">>, started, 2, 2, 1024, 4096}],
+        result = {nodes, {list, {node, {tuple, [{name, string}, {state, atom},
+                                               {sessions, integer}, {connections, integer},
+                                               {bytes_in, integer}, {bytes_out, integer}]}}}}}].
+
+listen_validator() ->
+    econf:list(
+      econf:and_then(
+        econf:options(
+          #{transport => econf:enum([tcp, starttls, tls]),
+            ip => econf:ip(),
+            port => econf:port()},
+          [{required, [port]}, {return, map}, unique]),
+        fun(L) ->
+                {maps:get(transport, L, tcp), maps:get(ip, L, {0, 0, 0, 0}), maps:get(port, L)}
+        end)).
+
+%% Brings the node table in line with Opts: new nodes are connected, nodes
+%% whose listeners changed are sent `start' again, removed nodes lose their
+%% listeners and sessions.
+-spec configure(gen_mod:opts(), #state{}) -> #state{}.
+configure(Opts, #state{nodes = Old} = State) ->
+    Wanted = maps:map(
+               fun(Name, NodeOpts) ->
+                       #mp_node{name = Name,
+                                listeners = maps:get(listen, NodeOpts, mod_megaphone_opt(listen, Opts)),
+                                max_connections = maps:get(max_connections, NodeOpts,
+                                                           mod_megaphone_opt(max_connections, Opts))}
+               end, mod_megaphone_opt(nodes, Opts)),
+    case maps:size(Wanted) of
+        0 -> ?WARNING_MSG("mod_megaphone has no nodes to attach: set its 'nodes' option", []);
+        _ -> ok
+    end,
+    State1 = maps:fold(
+               fun(Name, _, S) when is_map_key(Name, Wanted) -> S;
+                  (Name, Node, S) -> detach(Name, Node, S)
+               end, State, Old),
+    maps:fold(
+      fun(Name, New, #state{nodes = Nodes} = S) ->
+              case maps:find(Name, Nodes) of
+                  {ok, #mp_node{status = started} = Cur} ->
+                      send_start(Name, S#state{nodes = Nodes#{Name => keep_runtime(Cur, New)}});
+                  {ok, Cur} ->
+                      S#state{nodes = Nodes#{Name => keep_runtime(Cur, New)}};
+                  error ->
+                      self() ! {connect, Name},
+                      S#state{nodes = Nodes#{Name => New}}
+              end
+      end, State1, Wanted).
+
+keep_runtime(#mp_node{status = Status, start_ref = Ref, sessions = Sessions}, New) ->
+    New#mp_node{status = Status, start_ref = Ref, sessions = Sessions}.
+
+mod_megaphone_opt(Opt, Opts) ->
+    gen_mod:get_opt(Opt, Opts).
+
+detach(Name, #mp_node{status = Status}, #state{nodes = Nodes, sessions = Sessions} = State) ->
+    ?INFO_MSG("Detaching Megaphone node ~ts", [Name]),
+    case Status of
+        started ->
+            catch erlang:send({megaphone, Name}, {start, self(), make_ref(), [{listen, []}]}, [noconnect]);
+        _ ->
+            ok
+    end,
+    maps:foreach(fun({N, _}, {Pid, _}) when N == Name -> ejabberd_c2s:close(Pid);
+                    (_, _) -> ok
+                 end, Sessions),
+    erlang:monitor_node(Name, false),
+    State#state{nodes = maps:remove(Name, Nodes)}.
+
+%% net_kernel:connect_node/1 can block for net_setuptime on a host that does
+%% not answer: run it aside so that sessions keep being served meanwhile.
+-spec connect(node(), #state{}) -> #state{}.
+connect(Node, #state{nodes = Nodes} = State) ->
+    case maps:find(Node, Nodes) of
+        {ok, #mp_node{status = connecting}} ->
+            Self = self(),
+            spawn(fun() -> Self ! {connect_result, Node, net_kernel:connect_node(Node)} end),
+            State;
+        _ ->
+            State
+    end.
+
+-spec retry_later(node(), #state{}) -> #state{}.
+retry_later(Node, #state{opts = Opts, nodes = Nodes} = State) ->
+    case maps:find(Node, Nodes) of
+        {ok, MP} ->
+            ?DEBUG("Megaphone node ~ts not reachable; retrying", [Node]),
+            erlang:send_after(mod_megaphone_opt(connect_retry, Opts), self(), {connect, Node}),
+            State#state{nodes = Nodes#{Node => MP#mp_node{status = connecting, start_ref = undefined}}};
+        error ->
+            State
+    end.
+
+-spec send_start(node(), #state{}) -> #state{}.
+send_start(Node, #state{nodes = Nodes} = State) ->
+    case maps:find(Node, Nodes) of
+        {ok, #mp_node{listeners = Listeners, max_connections = Max} = MP} ->
+            Ref = make_ref(),
+            Opts = [{listen, Listeners}, {max_connections, Max}, {controller, self()}],
+            erlang:send({megaphone, Node}, {start, self(), Ref, Opts}, [noconnect]),
+            erlang:send_after(?START_TIMEOUT, self(), {start_timeout, Node, Ref}),
+            State#state{nodes = Nodes#{Node => MP#mp_node{status = starting, start_ref = Ref}}};
+        error ->
+            State
+    end.
+
+started(Ref, Info, #state{nodes = Nodes} = State) ->
+    case find_by_ref(Ref, Nodes) of
+        {ok, #mp_node{name = Name} = MP} ->
+            ?INFO_MSG("Megaphone node ~ts started: listening on ~p",
+                      [Name, maps:get(listeners, Info, [])]),
+            State#state{nodes = Nodes#{Name => MP#mp_node{status = started}}};
+        error ->
+            State
+    end.
+
+start_failed(Ref, Reason, #state{nodes = Nodes} = State) ->
+    case find_by_ref(Ref, Nodes) of
+        {ok, #mp_node{name = Name}} ->
+            ?ERROR_MSG("Megaphone node ~ts refused to start: ~p", [Name, Reason]),
+            retry_later(Name, State);
+        error ->
+            State
+    end.
+
+start_timed_out(Node, Ref, #state{nodes = Nodes} = State) ->
+    case maps:find(Node, Nodes) of
+        {ok, #mp_node{status = starting, start_ref = Ref}} ->
+            ?WARNING_MSG("Megaphone node ~ts did not answer start; retrying", [Node]),
+            retry_later(Node, State);
+        _ ->
+            State
+    end.
+
+find_by_ref(Ref, Nodes) ->
+    case [MP || #mp_node{start_ref = R} = MP <- maps:values(Nodes), R == Ref] of
+        [MP] -> {ok, MP};
+        [] -> error
+    end.
+
+%% Starts an ejabberd_c2s session for a connection, as ejabberd_http_ws does
+%% for a WebSocket. The session asks for data itself (setopts on accept), so
+%% nothing reaches it before it is ready for it.
+-spec start_session(node(), megaphone:conn_id(), {inet:ip_address(), inet:port_number()},
+                    {inet:ip_address(), inet:port_number()}, tcp | tls, #state{}) -> #state{}.
+start_session(Node, ConnId, Peer, Local, Transport, #state{nodes = Nodes} = State) ->
+    case maps:find(Node, Nodes) of
+        {ok, #mp_node{sessions = N} = MP} ->
+            Socket = {megaphone, Node, ConnId, Transport},
+            Opts = [{sock_peer_name, {Local, Peer}} | c2s_options(State#state.opts)],
+            case ejabberd_c2s:start(megaphone_socket, Socket, Opts) of
+                {ok, Pid} ->
+                    ejabberd_c2s:accept(Pid),
+                    MRef = erlang:monitor(process, Pid),
+                    ?DEBUG("Megaphone connection ~b from ~ts: session ~p", [ConnId, Node, Pid]),
+                    State#state{nodes = Nodes#{Node => MP#mp_node{sessions = N + 1}},
+                                sessions = (State#state.sessions)#{{Node, ConnId} => {Pid, MRef}},
+                                monitors = (State#state.monitors)#{MRef => {Node, ConnId}}};
+                Err ->
+                    ?ERROR_MSG("Cannot start a session for Megaphone connection ~b: ~p", [ConnId, Err]),
+                    megaphone_socket:close(Socket),
+                    State
+            end;
+        error ->
+            %% Not one of ours (detached meanwhile): refuse the client.
+            erlang:send({megaphone, Node}, {close, ConnId}, [noconnect]),
+            State
+    end.
+
+%% The c2s options: ours where set, else the first c2s listener's, as
+%% WebSocket and BOSH take them. Never tls, starttls or zlib: the node
+%% terminates TLS, and xmpp_socket:starttls/2 crashes on a foreign socket.
+c2s_options(Opts) ->
+    Inherited = ejabberd_c2s_config:get_c2s_limits(),
+    lists:filtermap(
+      fun(Opt) ->
+              case {mod_megaphone_opt(Opt, Opts), proplists:get_value(Opt, Inherited)} of
+                  {undefined, undefined} -> false;
+                  {undefined, Value} -> {true, {Opt, Value}};
+                  {Value, _} -> {true, {Opt, Value}}
+              end
+      end, [access, shaper, max_stanza_size, max_fsm_queue]).
+
+forward(ConnId, Msg, #state{sessions = Sessions}) ->
+    [Pid ! Msg || {{_, Id}, {Pid, _}} <- maps:to_list(Sessions), Id == ConnId],
+    ok.
+
+%% A session ended: make sure its client is gone too. A close for a
+%% connection the node already closed is ignored there.
+session_down(MRef, #state{monitors = Monitors, sessions = Sessions, nodes = Nodes} = State) ->
+    case maps:take(MRef, Monitors) of
+        {{Node, ConnId} = Key, Monitors1} ->
+            erlang:send({megaphone, Node}, {close, ConnId}, [noconnect]),
+            Nodes1 = case maps:find(Node, Nodes) of
+                         {ok, #mp_node{sessions = N} = MP} -> Nodes#{Node => MP#mp_node{sessions = max(0, N - 1)}};
+                         error -> Nodes
+                     end,
+            State#state{monitors = Monitors1, sessions = maps:remove(Key, Sessions), nodes = Nodes1};
+        error ->
+            State
+    end.
+
+%% The link to a Megaphone node is gone, so are its clients: end their
+%% sessions now (their 'DOWN' cleans up), then try to reach the node again.
+node_down(Node, #state{sessions = Sessions} = State) ->
+    Ended = [begin Pid ! {tcp_closed, ConnId}, ConnId end
+             || {{N, ConnId}, {Pid, _}} <- maps:to_list(Sessions), N == Node],
+    ?WARNING_MSG("Megaphone node ~ts is down; ending its ~b sessions", [Node, length(Ended)]),
+    self() ! {connect, Node},
+    retry_now(Node, State).
+
+retry_now(Node, #state{nodes = Nodes} = State) ->
+    case maps:find(Node, Nodes) of
+        {ok, MP} -> State#state{nodes = Nodes#{Node => MP#mp_node{status = connecting, start_ref = undefined}}};
+        error -> State
+    end.
+
+undefined_to_zero(undefined) -> 0;
+undefined_to_zero(N) -> N.
