@@ -18,14 +18,13 @@ let package = Package(
         .target(
             name: "CEI",
             path: "Sources/CEI",
-            cSettings: [.define("_GNU_SOURCE")],
             linkerSettings: [
                 .linkedLibrary("ei"),
                 // A no-op on glibc >= 2.34, where libpthread lives in libc; kept for older libcs.
                 .linkedLibrary("pthread"),
             ]
         ),
-        .target(name: "CLinux", path: "Sources/CLinux", cSettings: [.define("_GNU_SOURCE")]),
+        .target(name: "CLinux", path: "Sources/CLinux"),
         .systemLibrary(
             name: "COpenSSL",
             path: "Sources/COpenSSL",

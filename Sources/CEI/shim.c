@@ -1,3 +1,5 @@
+/* accept4 is a GNU extension; defined here, not in CEI.h, so the module's headers see plain glibc. */
+#define _GNU_SOURCE 1
 #include "CEI.h"
 
 #include <errno.h>
@@ -108,25 +110,30 @@ static int cb_connect(void *ctx, void *addr, int len, unsigned tmo) {
     return err;
 }
 
-/* One write: ei loops over partial writes itself. MSG_DONTWAIT after poll() keeps a bounded write from
- * blocking on a full socket buffer without changing the fd's own flags. */
+/* One write: ei loops over partial writes itself. The write is tried first and poll() is used only when
+ * the socket is full, so the common case costs one system call. MSG_DONTWAIT keeps a bounded write from
+ * blocking without changing the fd's own flags. */
 static int cb_writev(void *ctx, const void *iov, int iovcnt, ssize_t *len, unsigned tmo) {
     int fd = FD_OF(ctx);
-    int err = wait_ready(fd, POLLOUT, tmo);
-    if (err)
-        return err;
     struct msghdr mh;
     memset(&mh, 0, sizeof(mh));
     mh.msg_iov = (struct iovec *)iov;
     mh.msg_iovlen = (size_t)iovcnt;
-    ssize_t n;
-    do {
-        n = sendmsg(fd, &mh, MSG_NOSIGNAL | (tmo == EI_SCLBK_INF_TMO ? 0 : MSG_DONTWAIT));
-    } while (n < 0 && errno == EINTR);
-    if (n < 0)
-        return errno == EAGAIN ? ETIMEDOUT : errno;
-    *len = n;
-    return 0;
+    int flags = MSG_NOSIGNAL | (tmo == EI_SCLBK_INF_TMO ? 0 : MSG_DONTWAIT);
+    for (;;) {
+        ssize_t n = sendmsg(fd, &mh, flags);
+        if (n >= 0) {
+            *len = n;
+            return 0;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN)
+            return errno;
+        int err = wait_ready(fd, POLLOUT, tmo);
+        if (err)
+            return err;
+    }
 }
 
 static int cb_write(void *ctx, const char *buf, ssize_t *len, unsigned tmo) {
@@ -134,19 +141,25 @@ static int cb_write(void *ctx, const char *buf, ssize_t *len, unsigned tmo) {
     return cb_writev(ctx, &iov, 1, len, tmo);
 }
 
+/* One read, tried before any poll(): ei reads a message's length and then its body, and both are usually
+ * in the socket already. */
 static int cb_read(void *ctx, char *buf, ssize_t *len, unsigned tmo) {
     int fd = FD_OF(ctx);
-    int err = wait_ready(fd, POLLIN, tmo);
-    if (err)
-        return err;
-    ssize_t n;
-    do {
-        n = recv(fd, buf, (size_t)*len, tmo == EI_SCLBK_INF_TMO ? 0 : MSG_DONTWAIT);
-    } while (n < 0 && errno == EINTR);
-    if (n < 0)
-        return errno == EAGAIN ? ETIMEDOUT : errno;
-    *len = n;
-    return 0;
+    int flags = tmo == EI_SCLBK_INF_TMO ? 0 : MSG_DONTWAIT;
+    for (;;) {
+        ssize_t n = recv(fd, buf, (size_t)*len, flags);
+        if (n >= 0) {
+            *len = n;
+            return 0;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN)
+            return errno;
+        int err = wait_ready(fd, POLLIN, tmo);
+        if (err)
+            return err;
+    }
 }
 
 static int cb_handshake_packet_header_size(void *ctx, int *sz) {

@@ -1,9 +1,9 @@
 #ifndef CLINUX_H
 #define CLINUX_H
-/* Linux-only headers that Swift's Glibc module does not import, and GNU functions it hides. */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE 1
-#endif
+/* Linux-only headers that Swift's Glibc module does not import, and GNU functions it hides.
+ * No _GNU_SOURCE here: a header that defines it changes the system structs it includes (fd_set), and
+ * Clang then refuses to merge them with the other C modules' view. The GNU functions are wrapped in
+ * CLinux.c, which is compiled with _GNU_SOURCE. */
 #include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -24,8 +24,6 @@ enum {
 };
 
 /* accept4 and pthread_setname_np are _GNU_SOURCE functions, invisible through Glibc. */
-static inline int CLinux_accept4(int fd, int flags) { return accept4(fd, 0, 0, flags); }
-static inline int CLinux_pthread_setname_np(pthread_t thread, const char *name) {
-    return pthread_setname_np(thread, name);
-}
+int CLinux_accept4(int fd, int flags);
+int CLinux_pthread_setname_np(pthread_t thread, const char *name);
 #endif
