@@ -31,13 +31,17 @@ enum {
     CEI_ERL_TIMEOUT = ERL_TIMEOUT,
 };
 
-/* Socket callbacks (ei's "user supplied socket implementation") that are plain blocking TCP, except that
- * every timeout is a poll() instead of ei's built-in select(). select() cannot watch fds above
- * FD_SETSIZE (1024) and a front end holding 20,000 client sockets gets distribution fds far above that;
- * ei's default _tmo calls then corrupt memory or drop the link. Declared EI_SCLBK_FLG_FULL_IMPL, so ei
- * leaves the timeouts to us and never flips O_NONBLOCK on the fd. */
-ei_socket_callbacks *CEI_poll_socket_callbacks(void);
-int CEI_poll_socket_callbacks_size(void);
+/* Socket callbacks for ei that time out with poll() instead of select() (which breaks past fd 1024)
+ * and buffer reads and writes in user space; see sockets.c. Use them for every distribution socket, and
+ * call CEI_flush after each batch of sends: until then, output may sit in the buffer. */
+ei_socket_callbacks *CEI_socket_callbacks(void);
+int CEI_socket_callbacks_size(void);
+/* Bytes already read from fd into user space: check before poll(), which cannot see them. */
+long CEI_pending_input(int fd);
+/* Bytes written by ei but not yet sent. */
+long CEI_pending_output(int fd);
+/* Sends the pending output within tmo milliseconds. 0 or an errno (ETIMEDOUT). */
+int CEI_flush(int fd, unsigned tmo);
 
 /* Copies of fields Swift sees as fixed-size char tuples. */
 const char *CEI_pid_node(const erlang_pid *pid);

@@ -31,7 +31,7 @@ public final class CNode {
         clock_gettime(CLOCK_REALTIME, &ts)
         let creation = UInt32(truncatingIfNeeded: Int(ts.tv_sec) &* 1000 &+ Int(ts.tv_nsec) / 1_000_000) | 4
         let rc = ei_connect_xinit_ussi(&ec, host, alive, nodeName, nil, cookie, creation,
-                                       CEI_poll_socket_callbacks(), CEI_poll_socket_callbacks_size(), nil)
+                                       CEI_socket_callbacks(), CEI_socket_callbacks_size(), nil)
         guard rc >= 0 else { throw .initFailed(erlErrno: CEI_erl_errno()) }
 
         var address = in_addr(s_addr: INADDR_ANY)

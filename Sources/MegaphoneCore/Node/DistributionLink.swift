@@ -14,7 +14,9 @@ import Glibc
 /// listener, each connected Erlang node, the reactors' output mailbox and a signalfd; it decodes
 /// requests, hands connection work to the reactors, and encodes and sends what they report back.
 /// Every ei call after start-up happens on this thread. No `_tmo` call can reach `select()`: the
-/// socket callbacks (`CEI_poll_socket_callbacks`) wait with `poll()`.
+/// socket callbacks (`CEI_socket_callbacks`) wait with `poll()`. They also buffer: one `recv` may bring
+/// many messages (so `receive` goes on while input is buffered), and what ei writes is sent by
+/// `flushPeers()` once per loop turn, so a burst of events costs one `sendmsg`.
 public final class DistributionLink {
     private struct Peer {
         var fd: CInt
@@ -101,13 +103,19 @@ public final class DistributionLink {
                 pollfd(fd: node.listenFD, events: Int16(POLLIN), revents: 0),
             ]
             fds += peers.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
-            let n = poll(&fds, nfds_t(fds.count), 1_000)
+            // Input already in user space is invisible to poll(): don't sleep on it.
+            let buffered = peers.contains { CEI_pending_input($0.fd) > 0 }
+            let n = poll(&fds, nfds_t(fds.count), buffered ? 0 : 1_000)
             if n > 0 {
                 if fds[1].revents != 0 { handleSignals() }
                 if fds[0].revents != 0 { handleReactorOutput() }
                 if fds[2].revents != 0 && shutdown == nil { acceptPeer() }
                 for p in fds[3...] where p.revents != 0 { receive(from: p.fd) }
             }
+            if buffered {
+                for peer in peers where CEI_pending_input(peer.fd) > 0 { receive(from: peer.fd) }
+            }
+            flushPeers()
             let now = monotonicMillis()
             for peer in peers where now - peer.lastActive > netTicktimeMillis {
                 dropPeer(fd: peer.fd, reason: "net_tick_timeout")
@@ -169,8 +177,17 @@ public final class DistributionLink {
         }
     }
 
+    /// Receives what `fd` has: one message, then more while they are already buffered (at most 256, so
+    /// that one busy peer cannot starve the others).
     private func receive(from fd: CInt) {
-        guard let i = peers.firstIndex(where: { $0.fd == fd }) else { return }
+        for _ in 0..<256 {
+            guard receiveOne(from: fd), CEI_pending_input(fd) > 0 else { return }
+        }
+    }
+
+    /// Returns false when the peer was dropped.
+    private func receiveOne(from fd: CInt) -> Bool {
+        guard let i = peers.firstIndex(where: { $0.fd == fd }) else { return false }
         var message = erlang_msg()
         message.msgtype = -1
         let rc = ei_xreceive_msg_tmo(fd, &message, &receiveBuffer, ioTimeoutMillis)
@@ -178,19 +195,30 @@ public final class DistributionLink {
         defer { trimReceiveBuffer() }
         switch rc {
         case CInt(CEI_ERL_TICK):
-            return
+            return true
         case CInt(CEI_ERL_MSG):
-            guard message.msgtype == CEI_ERL_SEND || message.msgtype == CEI_ERL_REG_SEND else { return }
+            guard message.msgtype == CEI_ERL_SEND || message.msgtype == CEI_ERL_REG_SEND else { return true }
             let sender = message.msgtype == CEI_ERL_REG_SEND ? pidRef(message.from) : nil
             handle(UnsafeRawBufferPointer(start: receiveBuffer.buff, count: Int(receiveBuffer.index)), sender: sender)
+            return peers.contains { $0.fd == fd }
         default:
             let e = CEI_erl_errno()
             if e == EIO && message.msgtype > 0 {
                 // A control message ei does not know (e.g. a monitor) was read whole; the stream is intact.
                 logger.debug("Ignored distribution control message", metadata: ["msgtype": "\(message.msgtype)"])
-                return
+                return true
             }
             dropPeer(fd: fd, reason: ErrnoName.erlang(e))
+            return false
+        }
+    }
+
+    /// Sends what ei has written into the socket buffers since the last turn (replies, events, tick
+    /// answers). A peer that cannot take it within the I/O timeout is dropped.
+    private func flushPeers() {
+        for peer in peers where CEI_pending_output(peer.fd) > 0 {
+            let err = CEI_flush(peer.fd, ioTimeoutMillis)
+            if err != 0 { dropPeer(fd: peer.fd, reason: ErrnoName.erlang(err)) }
         }
     }
 
@@ -385,6 +413,7 @@ public final class DistributionLink {
         for waiter in shutdown?.waiters ?? [] {
             sendStats(to: waiter.pid, tag: "megaphone_stopped", ref: waiter.ref)
         }
+        flushPeers()
         for peer in peers { _ = ei_close_connection(peer.fd) }
         peers = []
         running = false
