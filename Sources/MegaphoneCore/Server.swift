@@ -50,6 +50,7 @@ public enum Server {
         for index in 0..<configuration.threads {
             reactors.append(try Reactor(index: index, output: output, counters: counters, logger: logger))
         }
+        for reactor in reactors { reactor.siblings = reactors }
         let link = try DistributionLink(node: node, reactors: reactors, output: output, counters: counters,
                                         netTicktimeSeconds: configuration.netTicktime, logger: logger)
         for reactor in reactors {

@@ -21,6 +21,10 @@ import Glibc
 public final class Reactor: @unchecked Sendable {
     public let index: Int
     public let commands: Mailbox<ReactorCommand>
+    /// Connections this reactor holds or has been handed; read by the others to balance accepts.
+    public let load = Atomic<Int>(0)
+    /// Every reactor of the process, this one included. Set once, before any reactor runs.
+    public nonisolated(unsafe) var siblings: [Reactor] = []
     private let output: Mailbox<ReactorOutput>
     private let counters: Counters
     private let logger: Logger
@@ -163,6 +167,13 @@ public final class Reactor: @unchecked Sendable {
                 } catch {
                     logger.error("Cannot watch listener", metadata: ["listener": "\(listener.bound)", "error": "\(error)"])
                 }
+            case .adopt(let fd, let listener):
+                guard let config, !shuttingDown else {
+                    load.subtract(1, ordering: .relaxed)
+                    closeFD(fd)
+                    continue
+                }
+                admit(fd, from: listener, config: config)
             case .removeListener(let listener):
                 removeListener(listener)
             case .getData(let owner, let id):
@@ -253,14 +264,27 @@ public final class Reactor: @unchecked Sendable {
                     return
                 }
             }
-            admit(fd, from: listener, config: config)
+            // All reactors accept from the same listener, and one of them tends to win every wake-up
+            // (seen: 14,591 of 15,000 connections on one of two reactors). Hand the connection to the
+            // reactor that holds the fewest, so that busy clients spread over the cores.
+            let target = siblings.min { $0.load.load(ordering: .relaxed) < $1.load.load(ordering: .relaxed) } ?? self
+            let mine = load.load(ordering: .relaxed)
+            if target !== self && target.load.load(ordering: .relaxed) < mine {
+                target.load.add(1, ordering: .relaxed)
+                target.commands.post(.adopt(fd: fd, listener: listener))
+            } else {
+                load.add(1, ordering: .relaxed)
+                admit(fd, from: listener, config: config)
+            }
         }
     }
 
+    /// Takes an accepted fd into this reactor. `load` already counts it.
     private func admit(_ fd: CInt, from listener: Listener, config: ReactorConfig) {
         let total = counters.connections.add(1, ordering: .relaxed).newValue
         guard total <= config.maxConnections else {
             counters.connections.subtract(1, ordering: .relaxed)
+            load.subtract(1, ordering: .relaxed)
             closeFD(fd)
             counters.closed(.maxConnections)
             logger.debug("Refused connection: max_connections reached", metadata: ["max_connections": "\(config.maxConnections)"])
@@ -270,6 +294,7 @@ public final class Reactor: @unchecked Sendable {
         guard let peer = Socket.peerAddress(fd), let local = Socket.localAddress(fd) else {
             // The client went away between accept and getpeername.
             counters.connections.subtract(1, ordering: .relaxed)
+            load.subtract(1, ordering: .relaxed)
             closeFD(fd)
             counters.closed(.clientError)
             return
@@ -283,6 +308,7 @@ public final class Reactor: @unchecked Sendable {
         } catch {
             table.remove(fd: fd)
             counters.connections.subtract(1, ordering: .relaxed)
+            load.subtract(1, ordering: .relaxed)
             closeFD(fd)
             counters.closed(.clientError)
             logger.warning("Cannot watch client socket", metadata: ["error": "\(error)"])
@@ -506,6 +532,7 @@ public final class Reactor: @unchecked Sendable {
         closeFD(fd)
         closing[slot.connID] = nil
         counters.connections.subtract(1, ordering: .relaxed)
+        load.subtract(1, ordering: .relaxed)
         counters.closed(reason)
         logger.debug("Closed connection", metadata: ["connection.id": "\(slot.connID)", "reason": "\(reason.name)"])
         if let event { emit(to: recipient(of: slot), event) }

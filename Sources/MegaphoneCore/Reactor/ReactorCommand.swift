@@ -21,6 +21,8 @@ public struct ReactorConfig: Sendable {
 public enum ReactorCommand: Sendable {
     case configure(ReactorConfig)
     case addListener(Listener)
+    /// A connection another reactor accepted and hands over, because this one has fewer.
+    case adopt(fd: CInt, listener: Listener)
     case removeListener(Listener)
     /// `get_data`: `owner` wants the next chunk.
     case getData(owner: PidRef, connID: UInt64)
