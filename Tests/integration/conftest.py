@@ -1,0 +1,162 @@
+"""pytest fixtures: one isolated ejabberd 23.01 with mod_megaphone and two Megaphone nodes.
+
+The session starts two Swift nodes (A and B) and an ejabberd whose mod_megaphone attaches both,
+each with its own listen port. Tests may kill or restart any of them; before every test the
+`env` fixture puts everything back (nodes running, mod_megaphone attached, no connection left
+over from an earlier test). Everything is stopped by PID at the end, also on failure or
+Ctrl-C; the temp tree is removed unless a test failed (then its path is printed).
+
+Environment: MEGAPHONE_BIN (Swift binary, default .build/debug/megaphone), MEGAPHONE_EBIN
+(beams, default _build/default/lib/megaphone/ebin), MEGAPHONE_IT_KEEP=1 keeps the temp tree.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness  # noqa: E402
+from harness import Ejabberd, MegaphoneNode, free_port, wait_for  # noqa: E402
+
+_failed = False
+
+
+def _sigterm(_signo, _frame):
+    # pytest turns KeyboardInterrupt into an orderly stop: finalizers and atexit still run.
+    raise KeyboardInterrupt("SIGTERM")
+
+
+if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+    signal.signal(signal.SIGTERM, _sigterm)
+
+
+@dataclass
+class Env:
+    base: Path
+    ej: Ejabberd
+    a: MegaphoneNode
+    b: MegaphoneNode
+    ports: dict[str, int]
+    users: list[str] = field(default_factory=list)
+
+    @property
+    def nodes(self) -> list[MegaphoneNode]:
+        return [self.a, self.b]
+
+    def port(self, node: MegaphoneNode) -> int:
+        return self.ports[node.node]
+
+    def new_user(self, prefix: str = "u") -> tuple[str, str]:
+        """Registers a fresh user; returns (bare JID, password)."""
+        user = f"{prefix}{secrets.token_hex(4)}"
+        password = secrets.token_urlsafe(12)
+        self.ej.register(user, password)
+        self.users.append(user)
+        return f"{user}@{harness.XMPP_HOST}", password
+
+    def session_pid_of(self, client):
+        return self.ej.session_pid(client.boundjid.user, client.boundjid.resource)
+
+    def megaphone_c2s(self, node: MegaphoneNode) -> list:
+        """Live c2s processes whose socket is a Megaphone connection on `node`."""
+        return [s for s in self.ej.c2s_sockets()
+                if s[1] == "megaphone_socket" and isinstance(s[2], tuple) and len(s[2]) >= 2
+                and s[2][1] == node.node]
+
+    def logs(self) -> str:
+        parts = [self.ej.logs_tail(80)]
+        for n in self.nodes:
+            parts.append(n.logs_tail(40))
+        return "\n".join(parts)
+
+    def ensure_healthy(self) -> None:
+        """Both Swift nodes running, ejabberd running, both attached, no connection left over.
+        A process that died on its own (not stopped by a test) is a failure, reported with its log,
+        and is started again so that the following tests still run."""
+        crashed = []
+        for n in self.nodes:
+            if n.died_unexpectedly():
+                crashed.append(f"{n.node} exited on its own with status {n.proc.returncode}\n{n.logs_tail()}")
+        if self.ej.died_unexpectedly():
+            crashed.append(f"ejabberd {self.ej.node} died on its own\n{self.ej.logs_tail()}")
+        for n in self.nodes:
+            if not n.alive():
+                n.start()
+        if not self.ej.is_running():
+            self.ej._after_exit()
+            self.ej.start()
+        if crashed:
+            pytest.fail("\n".join(crashed), pytrace=False)
+        for n in self.nodes:
+            wait_for(n.listening, 30, f"mod_megaphone to attach {n.node}",
+                     on_timeout=self.logs)
+        for n in self.nodes:
+            wait_for(lambda: n.connections() == 0, 10,
+                     f"{n.node} to hold no connection at the start of the test (leak from an earlier test?)")
+
+
+@pytest.fixture(scope="session")
+def _session_env():
+    global _failed
+    for p in (harness.MEGAPHONE_BIN, harness.MEGAPHONE_EBIN / "mod_megaphone.beam",
+              harness.MEGAPHONE_EBIN / "megaphone_socket.beam", harness.MEGAPHONE_EBIN / "megaphone.beam"):
+        if not Path(p).exists():
+            pytest.fail(f"missing {p}: build first (swift build; rebar3 compile) or run scripts/test-integration",
+                        pytrace=False)
+    base = Path(tempfile.mkdtemp(prefix="megaphone-it-"))
+    os.chmod(base, 0o755)
+    ej = a = b = None
+    try:
+        cookie = secrets.token_hex(16)
+        names = [harness.unique("mpit_a_"), harness.unique("mpit_b_")]
+        ports = {f"{n}@localhost": free_port() for n in names}
+        ej = Ejabberd(base, ports, cookie=cookie, connect_retry=1)
+        a = MegaphoneNode(base / "nodes", cookie, ej.helper, name=names[0])
+        b = MegaphoneNode(base / "nodes", cookie, ej.helper, name=names[1])
+        a.start()
+        b.start()
+        ej.start()
+        env = Env(base, ej, a, b, ports)
+        env.ensure_healthy()
+        yield env
+    finally:
+        for obj in (ej, b, a):
+            if obj is not None:
+                try:
+                    obj.cleanup()
+                except Exception as e:  # noqa: BLE001
+                    print(f"cleanup of {obj!r} failed: {e!r}")
+        if _failed or os.environ.get("MEGAPHONE_IT_KEEP"):
+            print(f"\nintegration temp tree kept: {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def env(_session_env: Env) -> Env:
+    _session_env.ensure_healthy()
+    return _session_env
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    global _failed
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed:
+        _failed = True
+        env = item.funcargs.get("env") if hasattr(item, "funcargs") else None
+        if env is not None:
+            try:
+                rep.sections.append(("megaphone / ejabberd logs", env.logs()))
+            except Exception as e:  # noqa: BLE001
+                rep.sections.append(("logs", f"could not collect logs: {e!r}"))

@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""The main job (scripts/run calls this): an isolated ejabberd 23.01 from the Debian package, with
+mod_megaphone loaded, and one Megaphone node attached to it, all on loopback.
+
+Everything is unique to this run and lives in a temp dir: ejabberd's config dir, spool and logs, its
+node name, the cookie, the ports. The system ejabberd service is never used, and nothing is stopped
+by name: on exit (Ctrl-C, or the end of the scripted check without a terminal) each process is
+stopped by its PID and the temp dir is removed (MEGAPHONE_RUN_KEEP=1 keeps it).
+
+Usage: scripts/demo.py [--port N] [--name NAME]     (normally through scripts/run)
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "Tests" / "integration"))
+
+import harness  # noqa: E402
+from harness import Ejabberd, MegaphoneNode, free_port, wait_for  # noqa: E402
+
+USERS = {"alice": "alice-secret", "bob": "bob-secret"}
+
+
+def port_or_free(wanted: int) -> int:
+    return wanted if harness._port_free(wanted) else free_port()
+
+
+async def check(mp_port: int, native_port: int) -> None:
+    """Alice through Megaphone, Bob on the native port: log in, exchange a message."""
+    from clients import Session  # slixmpp, from the venv scripts/run prepared
+
+    async with Session() as s:
+        alice = await s.login("alice@localhost", USERS["alice"], mp_port)
+        bob = await s.login("bob@localhost", USERS["bob"], native_port)
+        alice.send_message(mto="bob@localhost", mbody="hello Bob, from behind Megaphone", mtype="chat")
+        bob.send_message(mto="alice@localhost", mbody="hello Alice, from port 5222's twin", mtype="chat")
+        to_bob = await bob.next_message(10)
+        to_alice = await alice.next_message(10)
+        print(f"  bob   got: {to_bob['body']!r}")
+        print(f"  alice got: {to_alice['body']!r}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=5322, help="Megaphone's client port (taken: any free port)")
+    parser.add_argument("--name", default="megaphone", help="the Megaphone node's name")
+    args = parser.parse_args()
+
+    base = Path(tempfile.mkdtemp(prefix="megaphone-run-"))
+    os.chmod(base, 0o755)
+    cookie = secrets.token_hex(16)
+    node = f"{args.name}@localhost"
+    mp_port = port_or_free(args.port)
+    ej = Ejabberd(base, {node: mp_port}, cookie=cookie, connect_retry=1)
+    mp = MegaphoneNode(base / "nodes", cookie, ej.helper, name=args.name)
+    try:
+        print(f"==> starting Megaphone node {node} and ejabberd {ej.node} (run dir {base})")
+        mp.start()
+        ej.start()
+        wait_for(mp.listening, 30, f"mod_megaphone to attach {node}", on_timeout=ej.logs_tail)
+        for user, password in USERS.items():
+            ej.register(user, password)
+        print(f"""
+ejabberd 23.01 runs with mod_megaphone, isolated under {base}:
+  clients through Megaphone : 127.0.0.1:{mp_port}   (plain TCP; TLS comes with the TLS issue)
+  ejabberd's own c2s port   : 127.0.0.1:{ej.c2s_port}
+  XMPP domain               : localhost
+  users                     : alice / {USERS['alice']},  bob / {USERS['bob']}
+Point any XMPP client at 127.0.0.1 port {mp_port} (allow plaintext login; no TLS yet), e.g.
+  profanity: /connect alice@localhost server 127.0.0.1 port {mp_port} tls disable
+Status : ejabberdctl --config-dir {ej.etc} --ctl-config {ej.etc}/ejabberdctl.cfg megaphone_status
+Logs   : {ej.log_path}   and   {mp.log_path}
+Shell  : erl -sname sh@localhost -hidden -setcookie {cookie} -pa {harness.MEGAPHONE_EBIN}
+         then megaphone:stats('{node}'). or rpc:call('{ej.node}', mod_megaphone, status, []).
+""")
+        print("==> scripted check: alice through Megaphone, bob on the native port")
+        asyncio.run(asyncio.wait_for(check(mp_port, ej.c2s_port), 60))
+        print(f"  megaphone_status: {ej.ctl('megaphone_status').stdout.strip()}")
+        if sys.stdin.isatty():
+            print("\nRunning. Ctrl-C stops ejabberd and the Megaphone node.")
+            try:
+                while True:
+                    signal.pause()
+            except KeyboardInterrupt:
+                print()
+        return 0
+    finally:
+        for obj in (ej, mp):
+            try:
+                obj.cleanup()
+            except Exception as e:  # noqa: BLE001
+                print(f"cleanup of {obj!r} failed: {e!r}", file=sys.stderr)
+        if os.environ.get("MEGAPHONE_RUN_KEEP"):
+            print(f"run dir kept: {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def _stop(_signo, _frame):
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _stop)
+    sys.exit(main())
