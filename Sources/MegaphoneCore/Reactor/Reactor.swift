@@ -283,10 +283,11 @@ public final class Reactor: @unchecked Sendable {
     private func admit(_ fd: CInt, from listener: Listener, config: ReactorConfig) {
         let total = counters.connections.add(1, ordering: .relaxed).newValue
         guard total <= config.maxConnections else {
+            // Counted before the close, so that whoever sees the close also sees it counted.
             counters.connections.subtract(1, ordering: .relaxed)
             load.subtract(1, ordering: .relaxed)
-            closeFD(fd)
             counters.closed(.maxConnections)
+            closeFD(fd)
             logger.debug("Refused connection: max_connections reached", metadata: ["max_connections": "\(config.maxConnections)"])
             return
         }
@@ -331,8 +332,8 @@ public final class Reactor: @unchecked Sendable {
         if reserveFD >= 0 {
             closeFD(reserveFD)
             if case .processed(let fd)? = try? Socket.accept(listener.fd) {
-                closeFD(fd)
                 counters.closed(.emfile)
+                closeFD(fd)
             }
             reserveFD = Glibc.open("/dev/null", O_RDONLY | O_CLOEXEC)
             if reserveFD >= 0 { return }
@@ -528,12 +529,13 @@ public final class Reactor: @unchecked Sendable {
 
     private func closeConnection(_ fd: CInt, reason: CloseReason, notify event: Event?) {
         guard let slot = table.remove(fd: fd) else { return }
-        // close() also takes the fd out of the epoll set: it was never dup'ed.
-        closeFD(fd)
         closing[slot.connID] = nil
+        // Counted before the close, so that a client that sees the close also finds it in stats.
         counters.connections.subtract(1, ordering: .relaxed)
         load.subtract(1, ordering: .relaxed)
         counters.closed(reason)
+        // close() also takes the fd out of the epoll set: it was never dup'ed.
+        closeFD(fd)
         logger.debug("Closed connection", metadata: ["connection.id": "\(slot.connID)", "reason": "\(reason.name)"])
         if let event { emit(to: recipient(of: slot), event) }
     }
