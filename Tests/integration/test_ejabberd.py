@@ -13,7 +13,7 @@ import time
 import pytest
 
 from clients import Client, Session, run, until
-from harness import XMPP_HOST, proplist
+from harness import XMPP_HOST, free_port, proplist, wait_for
 
 
 def user_of(jid: str) -> str:
@@ -360,3 +360,52 @@ def test_megaphone_status_command(env):
             stats_a = env.a.stats()
             assert 0 < int(in_a) <= stats_a["bytes_in"] and 0 < int(out_a) <= stats_a["bytes_out"], (rows, stats_a)
     run(body())
+
+
+def _listen_ports(node) -> list[int]:
+    """The ports the node listens on (from its own stats)."""
+    return sorted(port for _transport, _ip, port in node.stats(timeout=5).get("listeners", []))
+
+
+def _reload(env, nodes: dict[str, int]) -> None:
+    env.ej.megaphone_nodes = dict(nodes)
+    env.ej._write_config()
+    env.ej.ctl("reload_config")
+
+
+def test_reload_applies_changed_listeners_and_removing_the_module_closes_them(env):
+    original = dict(env.ej.megaphone_nodes)
+    old_port, new_port = env.port(env.b), free_port()
+    try:
+        # 1. B's listener moves to another port; A is untouched.
+        _reload(env, {**original, env.b.node: new_port})
+        wait_for(lambda: _listen_ports(env.b) == [new_port], 15, "B to listen on the new port")
+        assert _listen_ports(env.a) == [env.port(env.a)]
+
+        async def chat_through_new_port():
+            (alice_jid, alice_pw), (bob_jid, bob_pw) = env.new_user("alice"), env.new_user("bob")
+            async with Session() as s:
+                alice = await s.login(alice_jid, alice_pw, new_port)
+                bob = await s.login(bob_jid, bob_pw, env.ej.c2s_port)
+                await chat(alice, bob, "through the moved listener")
+                await chat(bob, alice, "and back")
+        run(chat_through_new_port())
+
+        # 2. The module removed: both nodes close their listeners and keep running.
+        async def removal_ends_sessions():
+            alice_jid, alice_pw = env.new_user("alice")
+            async with Session() as s:
+                alice = await s.login(alice_jid, alice_pw, env.port(env.a))
+                await asyncio.to_thread(_reload, env, {})
+                await until(lambda: not env.a.listening() and not env.b.listening(), 15,
+                            "the nodes to close their listeners")
+                await until(lambda: env.a.connections() == 0, 10, "A's session to end")
+                await until(lambda: alice.disconnects, 10, "alice to be disconnected")
+        run(removal_ends_sessions())
+        assert env.a.alive() and env.b.alive()
+        assert env.ej.rpc("gen_mod:is_loaded(<<\"localhost\">>, mod_megaphone)") is False
+    finally:
+        # 3. Back as it was, for the tests after this one.
+        _reload(env, original)
+        for node, port in ((env.a, env.port(env.a)), (env.b, old_port)):
+            wait_for(lambda: _listen_ports(node) == [port], 30, f"{node.node} back on port {port}")
