@@ -163,7 +163,17 @@ mod_opt_type(max_stanza_size) ->
 mod_opt_type(max_fsm_queue) ->
     econf:pos_int();
 mod_opt_type(connect_retry) ->
-    econf:timeout(second).
+    econf:timeout(second);
+mod_opt_type(certfile) ->
+    econf:binary();
+mod_opt_type(ciphers) ->
+    econf:binary();
+mod_opt_type(tls_min_version) ->
+    econf:enum(['tlsv1.2', 'tlsv1.3']);
+mod_opt_type(handshake_timeout) ->
+    econf:timeout(second);
+mod_opt_type(max_handshakes_per_ip) ->
+    econf:pos_int().
 
 mod_options(_Host) ->
     [{nodes, #{}},
@@ -173,7 +183,12 @@ mod_options(_Host) ->
      {shaper, undefined},
      {max_stanza_size, undefined},
      {max_fsm_queue, undefined},
-     {connect_retry, timer:seconds(5)}].
+     {connect_retry, timer:seconds(5)},
+     {certfile, undefined},
+     {ciphers, undefined},
+     {tls_min_version, undefined},
+     {handshake_timeout, undefined},
+     {max_handshakes_per_ip, undefined}].
 
 mod_doc() ->
     #{desc =>
@@ -194,9 +209,11 @@ mod_doc() ->
            {listen,
             #{value => "[Listener]",
               desc =>
-                  ["Default listeners: a list of '{transport: tcp, ip: IP, "
-                   "port: Port}'. 'transport' defaults to 'tcp', 'ip' to "
-                   "'0.0.0.0'. 'starttls' and 'tls' need a Megaphone built with TLS."]}},
+                  ["Default listeners: a list of '{transport: tcp | starttls | tls, "
+                   "ip: IP, port: Port}'. 'transport' defaults to 'tcp', 'ip' to "
+                   "'0.0.0.0'. 'starttls' is the port-5222 way (the Megaphone node "
+                   "runs STARTTLS itself before it hands the session over), 'tls' "
+                   "is XEP-0368 direct TLS; both need 'certfile'."]}},
            {max_connections,
             #{value => "pos_integer() | infinity",
               desc => ["Most client connections one Megaphone node holds."]}},
@@ -218,7 +235,29 @@ mod_doc() ->
            {connect_retry,
             #{value => "timeout()",
               desc => ["How long to wait before trying an unreachable Megaphone "
-                       "node again. The default is 5 seconds."]}}],
+                       "node again. The default is 5 seconds."]}},
+           {certfile,
+            #{value => "Path",
+              desc => ["PEM file with the certificate chain and the private key "
+                       "(as in ejabberd's 'certfiles'), for 'starttls' and 'tls' "
+                       "listeners. The Megaphone node reads it, so it must be readable "
+                       "there; it is read again on every reload and on SIGHUP to the node."]}},
+           {ciphers,
+            #{value => "OpenSSL cipher list",
+              desc => ["Ciphers for TLS 1.2. The default excludes everything weaker "
+                       "than HIGH, and SHA-1, CAMELLIA and ARIA suites."]}},
+           {tls_min_version,
+            #{value => "tlsv1.2 | tlsv1.3",
+              desc => ["The oldest TLS version accepted; 1.0 and 1.1 never are. "
+                       "The default is 'tlsv1.2'."]}},
+           {handshake_timeout,
+            #{value => "timeout()",
+              desc => ["How long a client may take from connecting to a finished "
+                       "STARTTLS or TLS handshake. The default is 10 seconds."]}},
+           {max_handshakes_per_ip,
+            #{value => "pos_integer()",
+              desc => ["Unfinished handshakes one client address may have at once; "
+                       "more connections from it are closed. The default is 100."]}}],
       example =>
           ["modules:",
            "  mod_megaphone:",
@@ -412,7 +451,8 @@ send_start(Node, #state{nodes = Nodes} = State) ->
     case maps:find(Node, Nodes) of
         {ok, #mp_node{listeners = Listeners, max_connections = Max} = MP} ->
             Ref = make_ref(),
-            Opts = [{listen, Listeners}, {max_connections, Max}, {controller, self()}],
+            Opts = [{listen, Listeners}, {max_connections, Max}, {controller, self()}
+                    | tls_options(State#state.opts)],
             erlang:send({megaphone, Node}, {start, self(), Ref, Opts}, [noconnect]),
             erlang:send_after(?START_TIMEOUT, self(), {start_timeout, Node, Ref}),
             State#state{nodes = Nodes#{Node => MP#mp_node{status = starting, start_ref = Ref}}};
@@ -482,6 +522,11 @@ start_session(Node, ConnId, Peer, Local, Transport, #state{nodes = Nodes} = Stat
             erlang:send({megaphone, Node}, {close, ConnId}, [noconnect]),
             State
     end.
+
+%% The TLS options of `start': those set in the module's options.
+tls_options(Opts) ->
+    [{Opt, Value} || Opt <- [certfile, ciphers, tls_min_version, handshake_timeout, max_handshakes_per_ip],
+                     (Value = mod_megaphone_opt(Opt, Opts)) /= undefined].
 
 %% The c2s options: ours where set, else the first c2s listener's, as
 %% WebSocket and BOSH take them. Never tls, starttls or zlib: the node

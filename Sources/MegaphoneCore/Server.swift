@@ -46,9 +46,10 @@ public enum Server {
                              distPort: configuration.distPort, logger: logger)
         let counters = Counters()
         let output = try Mailbox<ReactorOutput>()
+        let limiter = HandshakeLimiter()
         var reactors: [Reactor] = []
         for index in 0..<configuration.threads {
-            reactors.append(try Reactor(index: index, output: output, counters: counters, logger: logger))
+            reactors.append(try Reactor(index: index, output: output, counters: counters, limiter: limiter, logger: logger))
         }
         for reactor in reactors { reactor.siblings = reactors }
         let link = try DistributionLink(node: node, reactors: reactors, output: output, counters: counters,

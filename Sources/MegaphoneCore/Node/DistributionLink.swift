@@ -50,6 +50,8 @@ public final class DistributionLink {
     /// Open listeners by what `start` asked for, so a repeated `start` keeps them (and their port).
     private var listeners: [ListenerSpec: Listener] = [:]
     private var shutdown: Shutdown? = nil
+    /// What the reactors run with since the last start (for a SIGHUP reload).
+    private var reactorConfig: ReactorConfig? = nil
     private var running = true
 
     /// How long one receive or send may take once poll() said the socket is ready. A peer that
@@ -132,12 +134,31 @@ public final class DistributionLink {
         while read(signalFD, &info, MemoryLayout<signalfd_siginfo>.size) == MemoryLayout<signalfd_siginfo>.size {
             let signal = CInt(info.ssi_signo)
             if signal == SIGHUP {
-                logger.info("SIGHUP: nothing to reload in this version")
+                reloadCertificate()
                 continue
             }
             logger.info("Signal received: shutting down", metadata: ["signal": "\(signal)"])
             if shutdown == nil { beginShutdown(waiter: nil) } else { finishShutdown() }
         }
+    }
+
+    /// SIGHUP: reads the certfile of the last start again. New connections get the new certificate;
+    /// established ones keep theirs. A file that does not load leaves the old one in use.
+    private func reloadCertificate() {
+        guard var config = reactorConfig, let current = config.tls else {
+            logger.info("SIGHUP: no certificate to reload")
+            return
+        }
+        do {
+            config.tls = try TLSContext(current.options)
+        } catch {
+            logger.error("SIGHUP: cannot reload the certificate; keeping the old one",
+                         metadata: ["certfile": "\(current.options.certfile)", "error": "\(error)"])
+            return
+        }
+        reactorConfig = config
+        for reactor in reactors { reactor.commands.post(.configure(config)) }
+        logger.info("SIGHUP: certificate reloaded", metadata: ["certfile": "\(current.options.certfile)"])
     }
 
     // MARK: peers
@@ -292,8 +313,18 @@ public final class DistributionLink {
     /// previous configuration in place.
     private func start(from: PidRef, ref: [UInt8], options: StartOptions) {
         guard shutdown == nil else { return send(to: from, .requestError(tag: .ref(ref), reason: .shuttingDown)) }
-        if let spec = options.listeners.first(where: { $0.transport != .tcp }) {
-            return send(to: from, .requestError(tag: .ref(ref), reason: .unsupportedTransport(spec.transport)))
+        // The certificate is (re)loaded on every start: a repeated start is how an operator renews it.
+        var tls: TLSContext? = nil
+        if let certfile = options.certfile {
+            do {
+                tls = try TLSContext(TLSOptions(certfile: certfile, ciphers: options.ciphers ?? TLSOptions.defaultCiphers,
+                                                minVersionTLS13: options.tlsMinVersion13))
+            } catch {
+                logger.warning("Cannot load the TLS certificate", metadata: ["certfile": "\(certfile)", "error": "\(error)"])
+                return send(to: from, .requestError(tag: .ref(ref), reason: .badCertfile(error.description)))
+            }
+        } else if options.listeners.contains(where: { $0.transport != .tcp }) {
+            return send(to: from, .requestError(tag: .ref(ref), reason: .badopt("certfile")))
         }
         var next: [ListenerSpec: Listener] = [:]
         var opened: [Listener] = []
@@ -312,7 +343,7 @@ public final class DistributionLink {
             }
         }
         let controller = options.controller ?? from
-        let config = ReactorConfig(controller: controller, options: options)
+        let config = ReactorConfig(controller: controller, options: options, tls: tls)
         let removed = listeners.filter { next[$0.key] == nil }.map(\.value)
         for reactor in reactors {
             reactor.commands.post(.configure(config))
@@ -322,6 +353,7 @@ public final class DistributionLink {
         listeners = next
         self.options = options
         self.controller = controller
+        reactorConfig = config
         let bound = options.listeners.compactMap { next[$0]?.bound }
         logger.info("Started", metadata: ["listeners": "\(bound.map(\.description))", "controller.node": "\(names.name(of: controller.node) ?? "?")"])
         send(to: from) { e in

@@ -79,10 +79,10 @@ extension ErrorReason {
             e.atom("listen_failed")
             spec.encode(into: e)
             e.atom(errno)
-        case .unsupportedTransport(let t):
+        case .badCertfile(let why):
             e.tuple(2)
-            e.atom("unsupported_transport")
-            e.atom(t.rawValue)
+            e.atom("bad_certfile")
+            e.binary(Array(why.utf8))
         case .shuttingDown:
             e.atom("shutting_down")
         }

@@ -25,6 +25,11 @@ public struct ListenerSpec: Hashable, Sendable, CustomStringConvertible {
 public struct StartOptions: Equatable, Sendable {
     public var listeners: [ListenerSpec] = []
     public var certfile: String? = nil
+    /// OpenSSL cipher list for TLS 1.2; nil: `TLSOptions.defaultCiphers`.
+    public var ciphers: String? = nil
+    public var tlsMinVersion13: Bool = false
+    public var handshakeTimeoutMillis: Int = 10_000
+    public var maxHandshakesPerIP: Int = 100
     public var maxConnections: Int = .max
     public var maxChunk: Int = 65_536
     public var sendQueueLimit: Int = 1 << 20
@@ -70,8 +75,8 @@ public enum ErrorReason: Equatable, Sendable, CustomStringConvertible {
     case inputBufferFull
     /// `{listen_failed, {Transport, IP, Port}, Errno}`.
     case listenFailed(ListenerSpec, errno: String)
-    /// `{unsupported_transport, T}`: this build cannot serve the transport yet.
-    case unsupportedTransport(Transport)
+    /// `{bad_certfile, Reason}`: the TLS context could not be built from the certfile (Reason is text).
+    case badCertfile(String)
     /// `shutting_down`: the node is draining and takes no new work.
     case shuttingDown
 
@@ -84,7 +89,7 @@ public enum ErrorReason: Equatable, Sendable, CustomStringConvertible {
         case .unknownConnection: "unknown_connection"
         case .inputBufferFull: "input_buffer_full"
         case .listenFailed(let spec, let errno): "{listen_failed, \(spec), \(errno)}"
-        case .unsupportedTransport(let t): "{unsupported_transport, \(t.rawValue)}"
+        case .badCertfile(let why): "{bad_certfile, \"\(why)\"}"
         case .shuttingDown: "shutting_down"
         }
     }
@@ -245,6 +250,19 @@ private struct RequestDecoder {
             } else {
                 options.maxConnections = try positive(&r, name)
             }
+        case "ciphers":
+            guard let text = try? r.readIOData(limit: 4096), !text.isEmpty else { throw fail(.badopt(name)) }
+            options.ciphers = String(decoding: text, as: UTF8.self)
+        case "tls_min_version":
+            switch try? r.readAtom() {
+            case "tlsv1.2": options.tlsMinVersion13 = false
+            case "tlsv1.3": options.tlsMinVersion13 = true
+            default: throw fail(.badopt(name))
+            }
+        case "handshake_timeout":
+            options.handshakeTimeoutMillis = try positive(&r, name, max: 3_600_000)
+        case "max_handshakes_per_ip":
+            options.maxHandshakesPerIP = try positive(&r, name)
         case "max_chunk":
             options.maxChunk = try positive(&r, name, max: 16 << 20)
         case "send_queue_limit":

@@ -16,6 +16,18 @@ public struct ConnectionSlot {
         public static let peerClosed = Flags(rawValue: 1 << 3)
         /// Close requested: flushing `outbound`, then the fd closes.
         public static let closing = Flags(rawValue: 1 << 4)
+        /// STARTTLS listener: the client's stream header has been answered.
+        public static let headerAnswered = Flags(rawValue: 1 << 5)
+    }
+
+    /// How far a connection is from being handed to its controller.
+    public enum Stage: UInt8, Sendable {
+        /// Announced with `megaphone_connect`; bytes flow.
+        case established
+        /// STARTTLS listener: plaintext stream header and `<starttls/>`, answered by Megaphone.
+        case startTLS
+        /// TLS handshake in progress.
+        case handshake
     }
 
     /// 0 while the slot is free.
@@ -26,8 +38,11 @@ public struct ConnectionSlot {
     /// Bumped on every reuse of the fd number; carried in epoll's user data to drop stale events.
     public var generation: UInt32 = 0
     public var flags: Flags = []
+    public var stage: Stage = .established
     public var inbound: ByteQueue? = nil
     public var outbound: ByteQueue? = nil
+    /// The connection's `SSL *` on TLS listeners, owned by the reactor (freed when it closes).
+    public var tls: OpaquePointer? = nil
 
     public var isFree: Bool { connID == 0 }
 }

@@ -4,6 +4,9 @@ import Synchronization
 public enum CloseReason: Int, CaseIterable, Sendable {
     case clientClosed, clientError, requested, sendQueueFull, nodeDown, shutdown, flushTimeout
     case maxConnections, emfile
+    /// TLS: a failed handshake or TLS error; no handshake by the deadline; a STARTTLS listener's client
+    /// that tried anything but STARTTLS; too many unfinished handshakes from one IP.
+    case tlsError, handshakeTimeout, starttlsRefused, handshakeLimit
 
     /// The atom used in `stats` and logs.
     public var name: String {
@@ -17,6 +20,10 @@ public enum CloseReason: Int, CaseIterable, Sendable {
         case .flushTimeout: "flush_timeout"
         case .maxConnections: "max_connections"
         case .emfile: "emfile"
+        case .tlsError: "tls_error"
+        case .handshakeTimeout: "handshake_timeout"
+        case .starttlsRefused: "starttls_refused"
+        case .handshakeLimit: "handshake_limit"
         }
     }
 }

@@ -27,6 +27,7 @@ public final class Reactor: @unchecked Sendable {
     public nonisolated(unsafe) var siblings: [Reactor] = []
     private let output: Mailbox<ReactorOutput>
     private let counters: Counters
+    private let limiter: HandshakeLimiter
     private let logger: Logger
 
     private let epfd: CInt
@@ -43,6 +44,9 @@ public final class Reactor: @unchecked Sendable {
     private var scratch: UnsafeMutableRawBufferPointer
     private var nextSequence: UInt64 = 1
     private var closing: [UInt64: Closing] = [:]
+    /// Connections not yet handed over (STARTTLS opening or TLS handshake): their deadline and the
+    /// client IP whose handshake slot they hold.
+    private var handshakes: [UInt64: (deadline: Int64, ip: IPAddress)] = [:]
     private var outbox: [ReactorOutput] = []
     private var shuttingDown = false
     private var running = true
@@ -59,11 +63,13 @@ public final class Reactor: @unchecked Sendable {
     /// Which reactor owns a connection.
     public static func reactorIndex(of connID: UInt64) -> Int { Int(connID & 0xFF) }
 
-    init(index: Int, output: Mailbox<ReactorOutput>, counters: Counters, logger: Logger) throws(SystemError) {
+    init(index: Int, output: Mailbox<ReactorOutput>, counters: Counters,
+         limiter: HandshakeLimiter = HandshakeLimiter(), logger: Logger) throws(SystemError) {
         precondition(index >= 0 && index < Self.maxReactors, "reactor index out of range")
         self.index = index
         self.output = output
         self.counters = counters
+        self.limiter = limiter
         var logger = logger
         logger[metadataKey: "reactor"] = "\(index)"
         self.logger = logger
@@ -103,7 +109,7 @@ public final class Reactor: @unchecked Sendable {
         let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: Int(capacity))
         defer { events.deallocate() }
         while running {
-            let timeout: CInt = closing.isEmpty && pausedListeners.isEmpty ? -1 : 250
+            let timeout: CInt = closing.isEmpty && pausedListeners.isEmpty && handshakes.isEmpty ? -1 : 250
             let n: Int
             do {
                 n = try Epoll.epoll_wait(epfd: epfd, events: events, maxevents: capacity, timeout: timeout)
@@ -125,7 +131,7 @@ public final class Reactor: @unchecked Sendable {
                     handleIO(fd, events: ev.events)
                 }
             }
-            if !closing.isEmpty || !pausedListeners.isEmpty { sweep(now: monotonicMillis()) }
+            if !closing.isEmpty || !pausedListeners.isEmpty || !handshakes.isEmpty { sweep(now: monotonicMillis()) }
             if shuttingDown && table.count == 0 {
                 outbox.append(.drained(reactor: index))
                 running = false
@@ -317,7 +323,31 @@ public final class Reactor: @unchecked Sendable {
         }
         counters.accepted.add(1, ordering: .relaxed)
         logger.debug("Accepted connection", metadata: ["connection.id": "\(id)", "peer": "\(peer)"])
-        emit(to: config.controller, .connected(connID: id, peer: peer, local: local, transport: listener.bound.transport))
+        switch listener.bound.transport {
+        case .tcp:
+            emit(to: config.controller, .connected(connID: id, peer: peer, local: local, transport: .tcp))
+        case .tls, .starttls:
+            guard let context = config.tls else {
+                closeConnection(fd, reason: .tlsError, notify: nil)
+                return
+            }
+            guard limiter.acquire(peer.ip, max: config.maxHandshakesPerIP) else {
+                logger.debug("Refused connection: too many handshakes from its address", metadata: ["peer": "\(peer)"])
+                closeConnection(fd, reason: .handshakeLimit, notify: nil)
+                return
+            }
+            handshakes[id] = (monotonicMillis() + config.handshakeTimeoutMillis, peer.ip)
+            if listener.bound.transport == .starttls {
+                table[fd].stage = .startTLS
+            } else {
+                guard let ssl = context.makeSession(fd: fd) else {
+                    closeConnection(fd, reason: .tlsError, notify: nil)
+                    return
+                }
+                table[fd].tls = ssl
+                table[fd].stage = .handshake
+            }
+        }
     }
 
     /// Out of fds: take one pending connection off the queue and close it, using the reserve fd, so the
@@ -352,9 +382,20 @@ public final class Reactor: @unchecked Sendable {
                             notify: err == 0 ? .closed(connID: id) : .error(connID: id, reason: ErrnoName.erlang(err)))
             return
         }
+        switch table[fd].stage {
+        case .startTLS:
+            if events & (Epoll.in | Epoll.rdhup | Epoll.hup) != 0 { negotiateStartTLS(fd) }
+            return
+        case .handshake:
+            driveHandshake(fd)
+            return
+        case .established:
+            break
+        }
         if events & Epoll.in != 0 { table[fd].flags.insert(.readable) }
-        if events & Epoll.out != 0 {
-            table[fd].flags.insert(.writable)
+        // With TLS a blocked write can wait for readability too (OpenSSL may need to read first).
+        if events & Epoll.out != 0 || (table[fd].tls != nil && table[fd].outbound != nil) {
+            if events & Epoll.out != 0 { table[fd].flags.insert(.writable) }
             guard flush(fd) else { return }
         }
         if events & (Epoll.rdhup | Epoll.hup) != 0 && !table[fd].flags.contains(.peerClosed) {
@@ -384,18 +425,72 @@ public final class Reactor: @unchecked Sendable {
         }
         guard table[fd].flags.contains(.readable) else { return }
         let buffer = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<config.maxChunk])
+        switch readSome(fd, into: buffer) {
+        case .eof:
+            closeConnection(fd, reason: .clientClosed, notify: .closed(connID: id))
+        case .data(let n):
+            counters.bytesIn.add(n, ordering: .relaxed)
+            deliver(fd, Array(UnsafeRawBufferPointer(rebasing: buffer[0..<n])))
+        case .wouldBlock:
+            table[fd].flags.remove(.readable)
+        case .failed(let reason, let closeReason):
+            closeConnection(fd, reason: closeReason, notify: .error(connID: id, reason: reason))
+        }
+    }
+
+    private enum ReadOutcome {
+        case data(Int)
+        case eof
+        case wouldBlock
+        case failed(reason: String, CloseReason)
+    }
+
+    /// One read from the client: through OpenSSL on TLS connections, from the socket otherwise.
+    private func readSome(_ fd: CInt, into buffer: UnsafeMutableRawBufferPointer) -> ReadOutcome {
+        if let ssl = table[fd].tls {
+            switch TLSSession.read(ssl, into: buffer) {
+            case .done(let n): return .data(n)
+            case .wantRead, .wantWrite: return .wouldBlock
+            case .closed: return .eof
+            case .failed(let why):
+                logger.debug("TLS read failed", metadata: ["connection.id": "\(table[fd].connID)", "error": "\(why)"])
+                return .failed(reason: "tls_error", .tlsError)
+            }
+        }
         do {
             switch try Socket.read(fd, into: buffer) {
-            case .processed(0):
-                closeConnection(fd, reason: .clientClosed, notify: .closed(connID: id))
-            case .processed(let n):
-                counters.bytesIn.add(n, ordering: .relaxed)
-                deliver(fd, Array(UnsafeRawBufferPointer(rebasing: buffer[0..<n])))
-            case .wouldBlock:
-                table[fd].flags.remove(.readable)
+            case .processed(0): return .eof
+            case .processed(let n): return .data(n)
+            case .wouldBlock: return .wouldBlock
             }
         } catch {
-            closeConnection(fd, reason: .clientError, notify: .error(connID: id, reason: error.erlangName))
+            return .failed(reason: error.erlangName, .clientError)
+        }
+    }
+
+    private enum WriteOutcome {
+        case wrote(Int)
+        case wouldBlock
+        case failed(reason: String, CloseReason)
+    }
+
+    /// One write to the client: through OpenSSL on TLS connections, to the socket otherwise.
+    private func writeSome(_ fd: CInt, _ bytes: UnsafeRawBufferPointer) -> WriteOutcome {
+        if let ssl = table[fd].tls {
+            switch TLSSession.write(ssl, bytes) {
+            case .done(let n): return .wrote(n)
+            case .wantRead, .wantWrite: return .wouldBlock
+            case .closed: return .failed(reason: "closed", .clientClosed)
+            case .failed: return .failed(reason: "tls_error", .tlsError)
+            }
+        }
+        do {
+            switch try Socket.write(fd, bytes) {
+            case .processed(let n): return .wrote(n)
+            case .wouldBlock: return .wouldBlock
+            }
+        } catch {
+            return .failed(reason: error.erlangName, .clientError)
         }
     }
 
@@ -410,19 +505,15 @@ public final class Reactor: @unchecked Sendable {
     private func readRemaining(_ fd: CInt) {
         let id = table[fd].connID
         readLoop: while true {
-            do {
-                switch try Socket.read(fd, into: scratch) {
-                case .processed(0):
-                    break readLoop
-                case .processed(let n):
-                    counters.bytesIn.add(n, ordering: .relaxed)
-                    if table[fd].inbound == nil { table[fd].inbound = ByteQueue() }
-                    table[fd].inbound?.append(UnsafeRawBufferPointer(rebasing: scratch[0..<n]))
-                case .wouldBlock:
-                    break readLoop
-                }
-            } catch {
-                closeConnection(fd, reason: .clientError, notify: .error(connID: id, reason: error.erlangName))
+            switch readSome(fd, into: scratch) {
+            case .eof, .wouldBlock:
+                break readLoop
+            case .data(let n):
+                counters.bytesIn.add(n, ordering: .relaxed)
+                if table[fd].inbound == nil { table[fd].inbound = ByteQueue() }
+                table[fd].inbound?.append(UnsafeRawBufferPointer(rebasing: scratch[0..<n]))
+            case .failed(let reason, let closeReason):
+                closeConnection(fd, reason: closeReason, notify: .error(connID: id, reason: reason))
                 return
             }
         }
@@ -442,23 +533,21 @@ public final class Reactor: @unchecked Sendable {
         let id = table[fd].connID
         var written = 0
         if table[fd].outbound == nil && table[fd].flags.contains(.writable) {
-            var failure: SystemError? = nil
+            var failure: (String, CloseReason)? = nil
             bytes.withUnsafeBytes { all in
                 while written < all.count {
-                    do throws(SystemError) {
-                        switch try Socket.write(fd, UnsafeRawBufferPointer(rebasing: all[written...])) {
-                        case .processed(let n): written += n
-                        case .wouldBlock: return
-                        }
-                    } catch {
-                        failure = error
+                    switch writeSome(fd, UnsafeRawBufferPointer(rebasing: all[written...])) {
+                    case .wrote(let n): written += n
+                    case .wouldBlock: return
+                    case .failed(let reason, let closeReason):
+                        failure = (reason, closeReason)
                         return
                     }
                 }
             }
             counters.bytesOut.add(written, ordering: .relaxed)
-            if let failure {
-                closeConnection(fd, reason: .clientError, notify: .error(connID: id, reason: failure.erlangName))
+            if let (reason, closeReason) = failure {
+                closeConnection(fd, reason: closeReason, notify: .error(connID: id, reason: reason))
                 return
             }
             if written < bytes.count { table[fd].flags.remove(.writable) }
@@ -477,27 +566,25 @@ public final class Reactor: @unchecked Sendable {
     private func flush(_ fd: CInt) -> Bool {
         let id = table[fd].connID
         if let queue = table[fd].outbound {
-            var failure: SystemError? = nil
+            var failure: (String, CloseReason)? = nil
             var blocked = false
             while !queue.isEmpty && !blocked && failure == nil {
                 queue.withFront { front in
-                    do throws(SystemError) {
-                        switch try Socket.write(fd, front) {
-                        case .processed(let n):
-                            counters.bytesOut.add(n, ordering: .relaxed)
-                            return n
-                        case .wouldBlock:
-                            blocked = true
-                            return 0
-                        }
-                    } catch {
-                        failure = error
+                    switch writeSome(fd, front) {
+                    case .wrote(let n):
+                        counters.bytesOut.add(n, ordering: .relaxed)
+                        return n
+                    case .wouldBlock:
+                        blocked = true
+                        return 0
+                    case .failed(let reason, let closeReason):
+                        failure = (reason, closeReason)
                         return 0
                     }
                 }
             }
-            if let failure {
-                closeConnection(fd, reason: .clientError, notify: .error(connID: id, reason: failure.erlangName))
+            if let (reason, closeReason) = failure {
+                closeConnection(fd, reason: closeReason, notify: .error(connID: id, reason: reason))
                 return false
             }
             if blocked {
@@ -530,6 +617,8 @@ public final class Reactor: @unchecked Sendable {
     private func closeConnection(_ fd: CInt, reason: CloseReason, notify event: Event?) {
         guard let slot = table.remove(fd: fd) else { return }
         closing[slot.connID] = nil
+        if let handshake = handshakes.removeValue(forKey: slot.connID) { limiter.release(handshake.ip) }
+        if let ssl = slot.tls { TLSSession.close(ssl) }
         // Counted before the close, so that a client that sees the close also finds it in stats.
         counters.connections.subtract(1, ordering: .relaxed)
         load.subtract(1, ordering: .relaxed)
@@ -537,10 +626,120 @@ public final class Reactor: @unchecked Sendable {
         // close() also takes the fd out of the epoll set: it was never dup'ed.
         closeFD(fd)
         logger.debug("Closed connection", metadata: ["connection.id": "\(slot.connID)", "reason": "\(reason.name)"])
-        if let event { emit(to: recipient(of: slot), event) }
+        // Nobody has heard of a connection before its megaphone_connect: nobody to tell.
+        if let event, slot.stage == .established { emit(to: recipient(of: slot), event) }
+    }
+
+    // MARK: STARTTLS and TLS handshakes
+
+    /// Reads the plaintext opening of a STARTTLS listener's connection and answers it (see
+    /// `StartTLSNegotiator`). Ends in a handshake, or a refusal and a close.
+    private func negotiateStartTLS(_ fd: CInt) {
+        readLoop: while true {
+            do {
+                switch try Socket.read(fd, into: scratch) {
+                case .processed(0):
+                    closeConnection(fd, reason: .clientClosed, notify: nil)
+                    return
+                case .processed(let n):
+                    if table[fd].inbound == nil { table[fd].inbound = ByteQueue() }
+                    table[fd].inbound?.append(UnsafeRawBufferPointer(rebasing: scratch[0..<n]))
+                    if (table[fd].inbound?.count ?? 0) > StartTLSNegotiator.maxBytes { break readLoop }
+                case .wouldBlock:
+                    break readLoop
+                }
+            } catch {
+                closeConnection(fd, reason: .clientError, notify: nil)
+                return
+            }
+        }
+        var pending = table[fd].inbound.map { $0.take(max: Swift.max($0.count, 1)) } ?? []
+        while true {
+            switch StartTLSNegotiator.next(pending, headerAnswered: table[fd].flags.contains(.headerAnswered)) {
+            case .needMore:
+                table[fd].inbound = pending.isEmpty ? nil : ByteQueue()
+                table[fd].inbound?.append(pending)
+                return
+            case .sendFeatures(let reply, let consumed):
+                guard writePlain(fd, reply) else { return }
+                table[fd].flags.insert(.headerAnswered)
+                pending.removeFirst(consumed)
+            case .proceed(let reply):
+                // Whatever the client sent after <starttls/> is dropped: it would be plaintext that
+                // ends up inside the TLS session (the STARTTLS injection attack).
+                table[fd].inbound = nil
+                guard writePlain(fd, reply) else { return }
+                guard let context = config?.tls, let ssl = context.makeSession(fd: fd) else {
+                    closeConnection(fd, reason: .tlsError, notify: nil)
+                    return
+                }
+                table[fd].tls = ssl
+                table[fd].stage = .handshake
+                driveHandshake(fd)
+                return
+            case .refuse(let reply, let refusal):
+                _ = writePlain(fd, reply)
+                logger.debug("Refused a client before STARTTLS", metadata: ["connection.id": "\(table[fd].connID)", "refusal": "\(refusal.rawValue)"])
+                closeConnection(fd, reason: refusal == .closed ? .clientClosed : .starttlsRefused, notify: nil)
+                return
+            }
+        }
+    }
+
+    /// Writes a short plaintext reply of the STARTTLS opening. It fits an empty socket buffer; a
+    /// client that does not take it is closed. Returns false if the connection was closed.
+    private func writePlain(_ fd: CInt, _ bytes: [UInt8]) -> Bool {
+        var written = 0
+        let ok = bytes.withUnsafeBytes { all -> Bool in
+            while written < all.count {
+                guard case .processed(let n)? = try? Socket.write(fd, UnsafeRawBufferPointer(rebasing: all[written...])) else {
+                    return false
+                }
+                written += n
+            }
+            return true
+        }
+        if !ok { closeConnection(fd, reason: .clientError, notify: nil) }
+        return ok
+    }
+
+    /// Advances the TLS handshake; when it is done, the connection is announced to the controller
+    /// (`megaphone_connect` with transport `tls`) and bytes start to flow.
+    private func driveHandshake(_ fd: CInt) {
+        guard let ssl = table[fd].tls, let config else { return }
+        let id = table[fd].connID
+        switch TLSSession.handshake(ssl) {
+        case .done:
+            if let handshake = handshakes.removeValue(forKey: id) { limiter.release(handshake.ip) }
+            guard let peer = Socket.peerAddress(fd), let local = Socket.localAddress(fd) else {
+                closeConnection(fd, reason: .clientError, notify: nil)
+                return
+            }
+            table[fd].stage = .established
+            // OpenSSL may already hold application data that came with the handshake's last flight.
+            table[fd].flags.formUnion([.readable, .writable])
+            logger.debug("TLS handshake done", metadata: ["connection.id": "\(id)", "peer": "\(peer)"])
+            emit(to: config.controller, .connected(connID: id, peer: peer, local: local, transport: .tls))
+        case .wantRead, .wantWrite:
+            return
+        case .closed:
+            closeConnection(fd, reason: .clientClosed, notify: nil)
+        case .failed(let why):
+            logger.debug("TLS handshake failed", metadata: ["connection.id": "\(id)", "error": "\(why)"])
+            closeConnection(fd, reason: .tlsError, notify: nil)
+        }
     }
 
     private func sweep(now: Int64) {
+        for (id, handshake) in handshakes where handshake.deadline <= now {
+            if let fd = table.fd(of: id) {
+                logger.debug("TLS handshake timed out", metadata: ["connection.id": "\(id)"])
+                closeConnection(fd, reason: .handshakeTimeout, notify: nil)
+            } else {
+                handshakes[id] = nil
+                limiter.release(handshake.ip)
+            }
+        }
         for (id, state) in closing where state.deadline <= now {
             if let fd = table.fd(of: id) {
                 closeConnection(fd, reason: .flushTimeout, notify: state.notify ? .closed(connID: id) : nil)

@@ -7,13 +7,21 @@ public struct ReactorConfig: Sendable {
     public var inputBufferLimit: Int
     /// How long a closing connection may take to flush its output.
     public var flushTimeoutMillis: Int64 = 5_000
+    /// For `tls` and `starttls` listeners; nil when `start` named no certfile.
+    public var tls: TLSContext?
+    /// How long a client may take from connecting to a finished TLS handshake.
+    public var handshakeTimeoutMillis: Int64
+    public var maxHandshakesPerIP: Int
 
-    public init(controller: PidRef, options: StartOptions) {
+    public init(controller: PidRef, options: StartOptions, tls: TLSContext? = nil) {
         self.controller = controller
         maxConnections = options.maxConnections
         maxChunk = options.maxChunk
         sendQueueLimit = options.sendQueueLimit
         inputBufferLimit = options.inputBufferLimit
+        handshakeTimeoutMillis = Int64(options.handshakeTimeoutMillis)
+        maxHandshakesPerIP = options.maxHandshakesPerIP
+        self.tls = tls
     }
 }
 
