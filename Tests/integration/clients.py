@@ -1,22 +1,30 @@
 """slixmpp clients for the integration tests, plus asyncio helpers.
 
-The client speaks plain XMPP over TCP (no TLS: neither Megaphone's tcp listener nor the test's
-native c2s listener offers it) and may be forced to one SASL mechanism. The slixmpp knobs this
-takes (slixmpp 1.17):
-  enable_direct_tls = False, enable_starttls = False, enable_plaintext = True
-      with connect(host, port) only a plain TCP connection is tried;
-  feature_mechanisms: unencrypted_plain / unencrypted_scram = True
-      PLAIN and SCRAM-* are refused over an unencrypted stream otherwise;
+By default the client speaks plain XMPP over TCP (Megaphone's tcp listener and the test's native
+c2s listener offer no TLS); with tls="starttls" or tls="direct" it speaks TLS only. It may be
+forced to one SASL mechanism. The slixmpp knobs this takes (slixmpp 1.17):
+  enable_direct_tls / enable_starttls / enable_plaintext
+      with connect(host, port) slixmpp tries exactly the enabled ways on that port: plain TCP
+      (default here), STARTTLS only (tls="starttls"), or TLS from the first byte (tls="direct");
+  feature_mechanisms: unencrypted_plain / unencrypted_scram
+      True for plain TCP; False with tls=..., so PLAIN and SCRAM are sent only over a stream
+      that slixmpp itself knows is encrypted;
+  ca_certs = Path(ca_file)
+      the test CA is trusted (slixmpp's context checks the chain and the host name `localhost`);
   sasl_mech="PLAIN" | "SCRAM-SHA-1"
       forces the mechanism (ClientXMPP's use_mech).
+Every <stream:features> the client received is kept in `features_seen` (one dict per stream),
+and after TLS the negotiated version, cipher, ALPN and the server's certificate are recorded.
 """
 from __future__ import annotations
 
 import asyncio
 import secrets
 import socket
+import ssl
 import struct
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import slixmpp
@@ -30,22 +38,32 @@ class LoginFailed(AssertionError):
 class Client(slixmpp.ClientXMPP):
     """One XMPP client, with everything it saw recorded for assertions."""
 
-    def __init__(self, jid: str, password: str, *, mech: str | None = None, sm: bool = False):
+    def __init__(self, jid: str, password: str, *, mech: str | None = None, sm: bool = False,
+                 tls: str | None = None, ca_file: Path | str | None = None,
+                 alpn: list[str] | None = None):
         super().__init__(jid, password, sasl_mech=mech)
         self.label = jid
-        self.enable_direct_tls = False
-        self.enable_starttls = False
-        self.enable_plaintext = True
+        if tls not in (None, "starttls", "direct"):
+            raise ValueError(f"tls must be None, 'starttls' or 'direct', not {tls!r}")
+        self.tls_mode = tls
+        self.enable_direct_tls = tls == "direct"
+        self.enable_starttls = tls == "starttls"
+        self.enable_plaintext = tls is None
         self.use_ipv6 = False
+        if ca_file is not None:
+            self.ca_certs = Path(ca_file)
+        if alpn:
+            self.ssl_context.set_alpn_protocols(alpn)
         fm = self.plugin["feature_mechanisms"]
-        fm.unencrypted_plain = True
-        fm.unencrypted_scram = True
+        fm.unencrypted_plain = tls is None
+        fm.unencrypted_scram = tls is None
         if sm:
             # ack every stanza: the resumption test then knows what the server holds
             self.register_plugin("xep_0198", {"window": 1})
         self.messages: asyncio.Queue = asyncio.Queue()
         self.available: set[str] = set()        # full JIDs seen available
         self.stream_errors: list[tuple[str, str]] = []
+        self.connection_failures: list[Any] = [] # e.g. a TLS handshake that failed on connect
         self.disconnects: list[Any] = []         # reasons, one per lost connection
         self.binds = 0
         self.eof = False                         # the server side closed with FIN (not RST)
@@ -54,6 +72,11 @@ class Client(slixmpp.ClientXMPP):
         self.lost = asyncio.Event()
         self.sockname: tuple[str, int] | None = None
         self.mech_used: str | None = None
+        self.features_seen: list[dict] = []      # one summary per <stream:features> received
+        self.tls_version: str | None = None      # after TLS: "TLSv1.3", ...
+        self.tls_cipher: str | None = None
+        self.tls_alpn: str | None = None
+        self.peer_cert: dict | None = None       # ssl.SSLObject.getpeercert() of the server
         self._ready: asyncio.Future | None = None
         self.add_event_handler("connected", self._on_connected)
         self.add_event_handler("session_start", self._on_session_start)
@@ -68,6 +91,7 @@ class Client(slixmpp.ClientXMPP):
         self.add_event_handler("presence_available", self._on_available)
         self.add_event_handler("sm_enabled", lambda _e: self.sm_enabled.set())
         self.add_event_handler("eof_received", self._on_eof)
+        self.add_event_handler("connection_failed", self.connection_failures.append)
 
     # ---- events
     def _on_connected(self, _e) -> None:
@@ -78,6 +102,29 @@ class Client(slixmpp.ClientXMPP):
         super().connection_made(transport, *args, **kw)
         # the client's own address: what ejabberd should record as the session's ip
         self.sockname = transport.get_extra_info("sockname")[:2]
+        # called again by slixmpp after STARTTLS, with the TLS transport
+        tls = transport.get_extra_info("ssl_object")
+        if tls is not None:
+            self.tls_version = tls.version()
+            self.tls_cipher = (tls.cipher() or (None,))[0]
+            self.tls_alpn = tls.selected_alpn_protocol()
+            self.peer_cert = tls.getpeercert()
+
+    async def _handle_stream_features(self, features):
+        encrypted = isinstance(self.socket, (ssl.SSLObject, ssl.SSLSocket))
+        self.features_seen.append(summarize_features(features, encrypted=encrypted))
+        return await super()._handle_stream_features(features)
+
+    def mechanisms_offered(self) -> list[str]:
+        """The SASL mechanisms of the last <stream:features> that offered any."""
+        for f in reversed(self.features_seen):
+            if f["mechanisms"]:
+                return f["mechanisms"]
+        return []
+
+    @property
+    def peer_serial(self) -> int | None:
+        return int(self.peer_cert["serialNumber"], 16) if self.peer_cert else None
 
     def _on_eof(self, _e) -> None:
         self.eof = True
@@ -127,7 +174,9 @@ class Client(slixmpp.ClientXMPP):
         except asyncio.TimeoutError:
             self.cancel_connection_attempt()
             raise LoginFailed(f"{self.label}: no session within {timeout}s on {host}:{port}; "
-                              f"disconnects: {self.disconnects}, stream errors: {self.stream_errors}")
+                              f"disconnects: {self.disconnects}, stream errors: {self.stream_errors}, "
+                              f"connection failures: {self.connection_failures}, "
+                              f"features seen: {[f['xml'] for f in self.features_seen]}")
 
     async def next_message(self, timeout: float = 10, frm: str | None = None):
         deadline = time.monotonic() + timeout
@@ -160,6 +209,25 @@ class Client(slixmpp.ClientXMPP):
             self.abort()
         self.cancel_connection_attempt()
         await asyncio.sleep(0)
+
+
+NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
+NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+
+
+def summarize_features(features, encrypted: bool) -> dict:
+    """A <stream:features> stanza -> {"encrypted": bool (TLS was up when it arrived),
+    "starttls": bool, "starttls_required": bool, "mechanisms": [names], "xml": str}."""
+    xml = features.xml
+    st = xml.find(f"{{{NS_TLS}}}starttls")
+    mechs = xml.find(f"{{{NS_SASL}}}mechanisms")
+    return {
+        "encrypted": encrypted,
+        "starttls": st is not None,
+        "starttls_required": st is not None and st.find(f"{{{NS_TLS}}}required") is not None,
+        "mechanisms": [m.text for m in mechs.findall(f"{{{NS_SASL}}}mechanism")] if mechs is not None else [],
+        "xml": str(features),
+    }
 
 
 async def until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:

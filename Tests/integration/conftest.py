@@ -1,10 +1,17 @@
-"""pytest fixtures: one isolated ejabberd 23.01 with mod_megaphone and two Megaphone nodes.
+"""pytest fixtures: isolated ejabberd 23.01 instances with mod_megaphone and Megaphone nodes.
 
-The session starts two Swift nodes (A and B) and an ejabberd whose mod_megaphone attaches both,
-each with its own listen port. Tests may kill or restart any of them; before every test the
-`env` fixture puts everything back (nodes running, mod_megaphone attached, no connection left
-over from an earlier test). Everything is stopped by PID at the end, also on failure or
-Ctrl-C; the temp tree is removed unless a test failed (then its path is printed).
+`env` (test_ejabberd.py): the session starts two Swift nodes (A and B) and an ejabberd whose
+mod_megaphone attaches both, each with its own tcp listen port. Tests may kill or restart any of
+them; before every test the `env` fixture puts everything back (nodes running, mod_megaphone
+attached, no connection left over from an earlier test).
+
+`tls_env` (test_tls.py, one per module): a test PKI (root CA -> intermediate -> server certs for
+localhost), one Swift node with a tcp, a starttls and a tls listener, and its own ejabberd whose
+mod_megaphone passes the certfile and a short handshake timeout; ejabberd also has a native
+STARTTLS listener with the same certificate, for comparison.
+
+Everything is stopped by PID at the end, also on failure or Ctrl-C; the temp trees are removed
+unless a test failed (then their paths are printed).
 
 Environment: MEGAPHONE_BIN (Swift binary, default .build/debug/megaphone), MEGAPHONE_EBIN
 (beams, default _build/default/lib/megaphone/ebin), MEGAPHONE_IT_KEEP=1 keeps the temp tree.
@@ -25,7 +32,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
-from harness import Ejabberd, MegaphoneNode, free_port, wait_for  # noqa: E402
+from harness import Ejabberd, MegaphoneNode, TestPKI, free_port, make_test_pki, wait_for  # noqa: E402
 
 _failed = False
 
@@ -104,14 +111,18 @@ class Env:
                      f"{n.node} to hold no connection at the start of the test (leak from an earlier test?)")
 
 
-@pytest.fixture(scope="session")
-def _session_env():
-    global _failed
+def _check_built() -> None:
     for p in (harness.MEGAPHONE_BIN, harness.MEGAPHONE_EBIN / "mod_megaphone.beam",
               harness.MEGAPHONE_EBIN / "megaphone_socket.beam", harness.MEGAPHONE_EBIN / "megaphone.beam"):
         if not Path(p).exists():
             pytest.fail(f"missing {p}: build first (swift build; rebar3 compile) or run scripts/test-integration",
                         pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def _session_env():
+    global _failed
+    _check_built()
     base = Path(tempfile.mkdtemp(prefix="megaphone-it-"))
     os.chmod(base, 0o755)
     ej = a = b = None
@@ -147,6 +158,134 @@ def env(_session_env: Env) -> Env:
     return _session_env
 
 
+# --------------------------------------------------------------------------------------------
+# TLS: one ejabberd and one Megaphone node with tcp, starttls and tls listeners
+
+HANDSHAKE_TIMEOUT = 2        # s: mod_megaphone's handshake_timeout in the TLS tests
+MAX_HANDSHAKES_PER_IP = 3    # mod_megaphone's max_handshakes_per_ip in the TLS tests
+
+
+@dataclass
+class TlsEnv:
+    base: Path
+    ej: Ejabberd
+    node: MegaphoneNode
+    pki: TestPKI
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    max_handshakes_per_ip: int = MAX_HANDSHAKES_PER_IP
+    users: list[str] = field(default_factory=list)
+
+    @property
+    def nodes(self) -> list[MegaphoneNode]:
+        return [self.node]
+
+    @property
+    def ca(self) -> Path:
+        return self.pki.ca
+
+    def port(self, transport: str) -> int:
+        """The node's listen port for transport tcp, starttls or tls."""
+        return self.ej.port_of(self.node.node, transport)
+
+    def base_module_opts(self) -> dict:
+        """The mod_megaphone options the module starts with (tests that change them restore these)."""
+        return {"certfile": str(self.pki.server.bundle),
+                "handshake_timeout": self.handshake_timeout,
+                "max_handshakes_per_ip": self.max_handshakes_per_ip}
+
+    def reconfigure(self, **opts) -> None:
+        """Rewrites mod_megaphone's module-level options as base_module_opts() updated with opts
+        (a value of None drops the option), then `ejabberdctl reload_config`."""
+        merged = {**self.base_module_opts(), **opts}
+        self.ej.megaphone_opts = {k: v for k, v in merged.items() if v is not None}
+        self.ej._write_config()
+        self.ej.ctl("reload_config")
+
+    def new_user(self, prefix: str = "u") -> tuple[str, str]:
+        user = f"{prefix}{secrets.token_hex(4)}"
+        password = secrets.token_urlsafe(12)
+        self.ej.register(user, password)
+        self.users.append(user)
+        return f"{user}@{harness.XMPP_HOST}", password
+
+    def session_pid_of(self, client):
+        return self.ej.session_pid(client.boundjid.user, client.boundjid.resource)
+
+    def megaphone_c2s(self) -> list:
+        """Live c2s processes whose socket is a connection of the node: (Pid, SockMod, Socket)."""
+        return [s for s in self.ej.c2s_sockets()
+                if s[1] == "megaphone_socket" and isinstance(s[2], tuple) and len(s[2]) >= 2
+                and s[2][1] == self.node.node]
+
+    def logs(self) -> str:
+        return "\n".join([self.ej.logs_tail(80), self.node.logs_tail(60)])
+
+    def ensure_healthy(self) -> None:
+        crashed = []
+        if self.node.died_unexpectedly():
+            crashed.append(f"{self.node.node} exited on its own with status {self.node.proc.returncode}\n"
+                           f"{self.node.logs_tail()}")
+        if self.ej.died_unexpectedly():
+            crashed.append(f"ejabberd {self.ej.node} died on its own\n{self.ej.logs_tail()}")
+        if not self.node.alive():
+            self.node.start()
+        if not self.ej.is_running():
+            self.ej._after_exit()
+            self.ej.start()
+        if crashed:
+            pytest.fail("\n".join(crashed), pytrace=False)
+        wait_for(lambda: len(self.node.stats(timeout=2).get("listeners", [])) == 3, 30,
+                 f"mod_megaphone to open the 3 listeners of {self.node.node}", on_timeout=self.logs)
+        # stalled handshakes of an earlier test end within handshake_timeout
+        wait_for(lambda: self.node.connections() == 0, 10 + self.handshake_timeout,
+                 f"{self.node.node} to hold no connection at the start of the test (leak from an earlier test?)",
+                 on_timeout=self.logs)
+
+
+@pytest.fixture(scope="module")
+def _tls_module_env():
+    global _failed
+    _check_built()
+    base = Path(tempfile.mkdtemp(prefix="megaphone-it-tls-"))
+    os.chmod(base, 0o755)
+    ej = node = None
+    try:
+        # root-owned, mode 600 keys: only the Swift node (root) reads the bundle; ejabberd gets its
+        # own copy for its native listener
+        pki = make_test_pki(base / "pki")
+        cookie = secrets.token_hex(16)
+        name = harness.unique("mpit_tls_")
+        node_name = f"{name}@localhost"
+        listeners = [("tcp", free_port()), ("starttls", free_port()), ("tls", free_port())]
+        ej = Ejabberd(base, {node_name: listeners}, cookie=cookie, connect_retry=1,
+                      native_tls_certfile=pki.server.bundle)
+        node = MegaphoneNode(base / "nodes", cookie, ej.helper, name=name)
+        env = TlsEnv(base, ej, node, pki)
+        ej.megaphone_opts = env.base_module_opts()
+        ej._write_config()  # as root into ejabberd's file: the owner stays ejabberd
+        node.start()
+        ej.start()
+        env.ensure_healthy()
+        yield env
+    finally:
+        for obj in (ej, node):
+            if obj is not None:
+                try:
+                    obj.cleanup()
+                except Exception as e:  # noqa: BLE001
+                    print(f"cleanup of {obj!r} failed: {e!r}")
+        if _failed or os.environ.get("MEGAPHONE_IT_KEEP"):
+            print(f"\nTLS integration temp tree kept: {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def tls_env(_tls_module_env: TlsEnv) -> TlsEnv:
+    _tls_module_env.ensure_healthy()
+    return _tls_module_env
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     global _failed
@@ -154,7 +293,8 @@ def pytest_runtest_makereport(item, call):
     rep = outcome.get_result()
     if rep.failed:
         _failed = True
-        env = item.funcargs.get("env") if hasattr(item, "funcargs") else None
+        funcargs = item.funcargs if hasattr(item, "funcargs") else {}
+        env = funcargs.get("env") or funcargs.get("tls_env")
         if env is not None:
             try:
                 rep.sections.append(("megaphone / ejabberd logs", env.logs()))

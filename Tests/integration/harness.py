@@ -9,7 +9,9 @@ Main pieces:
   free_port(), free_port_range(n)
   ErlHelper      one long-lived hidden Erlang node; evaluates expressions locally or in a node
   Ejabberd       $RUN tree, ejabberd.yml / ejabberdctl.cfg, start/stop/kill/restart, ctl, rpc
-  MegaphoneNode  the Swift binary: start/stop/kill/restart, fd_count, stats (through the helper)
+  MegaphoneNode  the Swift binary: start/stop/kill/restart, sighup, fd_count, stats (through the helper)
+  make_test_pki  root CA -> intermediate CA -> server certs for localhost, with the openssl CLI
+  s_client       runs `openssl s_client` (direct TLS or -starttls xmpp) and picks its output apart
 """
 from __future__ import annotations
 
@@ -528,16 +530,54 @@ def _yaml_str(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _yaml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_yaml_value(x) for x in v) + "]"
+    return _yaml_str(str(v))
+
+
+def _listeners(spec: Any) -> list[tuple[str, str, int]]:
+    """A megaphone_nodes value -> [(transport, ip, port)]: a bare port is one tcp listener on
+    127.0.0.1; otherwise a list of (transport, port) or (transport, ip, port)."""
+    if isinstance(spec, int):
+        return [("tcp", "127.0.0.1", spec)]
+    out = []
+    for item in spec:
+        if len(item) == 2:
+            out.append((item[0], "127.0.0.1", int(item[1])))
+        elif len(item) == 3:
+            out.append((item[0], item[1], int(item[2])))
+        else:
+            raise ValueError(f"bad listener {item!r}: (transport, port) or (transport, ip, port)")
+    return out
+
+
 class Ejabberd:
     """An isolated ejabberd 23.01 (Debian package) in its own $RUN tree.
 
-    megaphone_nodes: {"mp_x@localhost": port, ...} -> a mod_megaphone section (omitted when
-    empty or None). Every name, port, cookie and directory is unique to this instance.
+    megaphone_nodes -> a mod_megaphone section (omitted when empty or None), one entry per node:
+        {"mp_x@localhost": 5322}                              one tcp listener on 127.0.0.1
+        {"mp_x@localhost": [("tcp", 5322), ("starttls", 5323), ("tls", "127.0.0.1", 5324)]}
+                                                              listeners as (transport, [ip,] port)
+    megaphone_opts: further module-level options of mod_megaphone, written as given, e.g.
+        {"certfile": "/path/server.pem", "handshake_timeout": 2, "max_handshakes_per_ip": 3,
+         "ciphers": "ECDHE-RSA-AES256-GCM-SHA384", "tls_min_version": "tlsv1.2"}
+    native_tls_certfile: a PEM (chain + key); when given, ejabberd gets it as `certfiles` (a copy
+        owned by user ejabberd) and a second native c2s listener on `c2s_tls_port` with
+        `starttls_required: true` (a reference for what ejabberd itself offers over TLS).
+    Both megaphone_nodes and megaphone_opts may be changed and written again (_write_config) before
+    `ctl("reload_config")`. Every name, port, cookie and directory is unique to this instance.
     """
 
-    def __init__(self, base_dir: Path, megaphone_nodes: dict[str, int] | None = None, *,
+    def __init__(self, base_dir: Path, megaphone_nodes: dict[str, Any] | None = None, *,
                  cookie: str | None = None, connect_retry: int = 1, resume_timeout: int = 60,
-                 loglevel: str = "info", extra_beams: Iterable[Path] | None = None):
+                 loglevel: str = "info", extra_beams: Iterable[Path] | None = None,
+                 megaphone_opts: dict[str, Any] | None = None,
+                 native_tls_certfile: Path | None = None):
         self.name = unique("mpit_ej_")
         self.node = f"{self.name}@localhost"
         # ejabberdctl runs ejabberd as user ejabberd: every parent must be traversable.
@@ -553,6 +593,13 @@ class Ejabberd:
         self.c2s_port = free_port()
         self.fw_window = free_port_range(10)
         self.megaphone_nodes = dict(megaphone_nodes or {})
+        self.megaphone_opts = dict(megaphone_opts or {})
+        self.native_tls_certfile: Path | None = None
+        self.c2s_tls_port: int | None = None
+        if native_tls_certfile is not None:
+            self.native_tls_certfile = self.etc / "native-tls.pem"
+            write_private_file(self.native_tls_certfile, Path(native_tls_certfile).read_bytes())
+            self.c2s_tls_port = free_port()
         self.connect_retry = connect_retry
         self.resume_timeout = resume_timeout
         self.loglevel = loglevel
@@ -570,21 +617,47 @@ class Ejabberd:
         _register(self)
 
     # ---- files
+    def listeners_of(self, node: str) -> list[tuple[str, str, int]]:
+        """The listeners configured for node, as [(transport, ip, port)]."""
+        return _listeners(self.megaphone_nodes[node])
+
+    def port_of(self, node: str, transport: str = "tcp") -> int:
+        """The port of node's first listener with that transport."""
+        for t, _ip, port in self.listeners_of(node):
+            if t == transport:
+                return port
+        raise KeyError(f"{node} has no {transport} listener: {self.megaphone_nodes[node]!r}")
+
     def _write_config(self) -> None:
         mp = ""
         if self.megaphone_nodes:
             lines = ["  mod_megaphone:", "    nodes:"]
-            for node, port in self.megaphone_nodes.items():
+            for node, spec in self.megaphone_nodes.items():
                 lines += [f"      {_yaml_str(node)}:",
-                          "        listen:",
-                          "          - transport: tcp",
-                          '            ip: "127.0.0.1"',
-                          f"            port: {port}"]
+                          "        listen:"]
+                for transport, ip, port in _listeners(spec):
+                    lines += [f"          - transport: {transport}",
+                              f"            ip: {_yaml_str(ip)}",
+                              f"            port: {port}"]
             lines += ["    access: c2s",
                       "    shaper: c2s_shaper",
                       "    max_stanza_size: 262144",
                       f"    connect_retry: {self.connect_retry}"]
+            lines += [f"    {k}: {_yaml_value(v)}" for k, v in self.megaphone_opts.items()]
             mp = "\n".join(lines) + "\n"
+        native_tls = certfiles = ""
+        if self.native_tls_certfile is not None:
+            certfiles = f"certfiles:\n  - {_yaml_str(str(self.native_tls_certfile))}\n"
+            native_tls = f"""\
+  -
+    port: {self.c2s_tls_port}
+    ip: "127.0.0.1"
+    module: ejabberd_c2s
+    max_stanza_size: 262144
+    shaper: c2s_shaper
+    access: c2s
+    starttls_required: true
+"""
         (self.etc / "ejabberd.yml").write_text(f"""\
 # Generated by Tests/integration/harness.py
 hosts:
@@ -599,7 +672,7 @@ listen:
     max_stanza_size: 262144
     shaper: c2s_shaper
     access: c2s
-auth_method: internal
+{native_tls}{certfiles}auth_method: internal
 auth_password_format: plain
 acl:
   local:
@@ -914,6 +987,12 @@ class MegaphoneNode:
     def fd_count(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
+    def sighup(self) -> None:
+        """SIGHUP, by PID: the node reloads its certificate."""
+        if not self.alive():
+            raise HarnessError(f"{self.node} is not running")
+        self.proc.send_signal(signal.SIGHUP)
+
     def stats(self, timeout: float = 5) -> dict:
         """megaphone:stats/2 from the helper node (works whether or not ejabberd is up)."""
         r = self.helper.local(f"megaphone:stats({atom(self.node)}, {int(timeout * 1000)}).", timeout=timeout + 2)
@@ -950,3 +1029,282 @@ class MegaphoneNode:
 
     def __repr__(self) -> str:
         return f"MegaphoneNode({self.node}, pid={self.pid})"
+
+
+# --------------------------------------------------------------------------------------------
+# a test PKI, made with the openssl command line: root CA -> intermediate CA -> server certs
+
+_CA_EXTENSIONS = """\
+[ req ]
+distinguished_name = dn
+prompt = no
+[ dn ]
+[ root_ca ]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[ intermediate_ca ]
+basicConstraints = critical, CA:TRUE, pathlen:0
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+[ server ]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+subjectAltName = @server_names
+[ server_names ]
+DNS.1 = localhost
+IP.1 = 127.0.0.1
+"""
+
+
+def _openssl(*args: str, cwd: Path, input: bytes | None = None) -> bytes:
+    r = subprocess.run(["openssl", *args], cwd=cwd, input=input, capture_output=True, timeout=60)
+    if r.returncode != 0:
+        raise HarnessError(f"openssl {' '.join(args)} -> exit {r.returncode}\n"
+                           f"{r.stderr.decode('utf-8', 'replace')}")
+    return r.stdout
+
+
+def write_private_file(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Writes data to path (replacing it in place if it exists) with the given mode."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(path, mode)
+
+
+class ServerCert:
+    """One server certificate for `localhost` (SAN DNS:localhost, IP:127.0.0.1), signed by the
+    intermediate CA.
+
+    bundle   the PEM a server loads (certfile): leaf, then intermediate, then the private key; mode 600
+    cert     the leaf alone (PEM), key: the private key alone (mode 600)
+    serial   the leaf's serial number (int), subject: its subject as openssl prints it
+    """
+
+    def __init__(self, name: str, bundle: Path, cert: Path, key: Path, serial: int, subject: str):
+        self.name, self.bundle, self.cert, self.key = name, bundle, cert, key
+        self.serial, self.subject = serial, subject
+
+    def bundle_bytes(self) -> bytes:
+        return self.bundle.read_bytes()
+
+    def __repr__(self) -> str:
+        return f"ServerCert({self.name}, serial={self.serial:#x}, {self.subject})"
+
+
+class TestPKI:
+    """A throwaway CA hierarchy in `dir`, made with the `openssl` command line:
+
+      ca.pem            root CA (self-signed): what clients trust (-CAfile, ca_certs)
+      intermediate.pem  intermediate CA, signed by the root (pathlen 0)
+      <name>.pem        server bundles from issue(): leaf + intermediate + key, mode 600
+
+    make_test_pki() also issues `server` and `server2` (different serials and subjects).
+    Keys are RSA 2048. Everything is owned by the caller (root in the tests), keys mode 600.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, dir: Path):
+        self.dir = Path(dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o755)
+        self.tag = secrets.token_hex(3)
+        self.cnf = self.dir / "openssl.cnf"
+        self.cnf.write_text(_CA_EXTENSIONS)
+        self.ca = self.dir / "ca.pem"
+        self.ca_key = self.dir / "ca.key"
+        self.intermediate = self.dir / "intermediate.pem"
+        self.intermediate_key = self.dir / "intermediate.key"
+        self.certs: dict[str, ServerCert] = {}
+        self._used_serials: set[int] = set()
+        self._make_cas()
+
+    def _serial(self) -> int:
+        while True:
+            s = secrets.randbits(63) | (1 << 62)  # positive, 63 bits, never a repeat
+            if s not in self._used_serials:
+                self._used_serials.add(s)
+                return s
+
+    def _key(self, path: Path) -> None:
+        _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+                 "-out", str(path), cwd=self.dir)
+        os.chmod(path, 0o600)
+
+    def _make_cas(self) -> None:
+        d = self.dir
+        self._key(self.ca_key)
+        _openssl("req", "-x509", "-new", "-config", str(self.cnf), "-extensions", "root_ca",
+                 "-key", str(self.ca_key), "-subj", f"/O=Megaphone tests/CN=Megaphone Test Root CA {self.tag}",
+                 "-days", "30", "-sha256", "-set_serial", str(self._serial()), "-out", str(self.ca), cwd=d)
+        self._key(self.intermediate_key)
+        csr = d / "intermediate.csr"
+        _openssl("req", "-new", "-config", str(self.cnf), "-key", str(self.intermediate_key),
+                 "-subj", f"/O=Megaphone tests/CN=Megaphone Test Intermediate CA {self.tag}",
+                 "-out", str(csr), cwd=d)
+        _openssl("x509", "-req", "-in", str(csr), "-CA", str(self.ca), "-CAkey", str(self.ca_key),
+                 "-set_serial", str(self._serial()), "-days", "30", "-sha256",
+                 "-extfile", str(self.cnf), "-extensions", "intermediate_ca", "-out", str(self.intermediate),
+                 cwd=d)
+        for p in (self.ca, self.intermediate):
+            os.chmod(p, 0o644)
+
+    def issue(self, name: str, cn: str = XMPP_HOST) -> ServerCert:
+        """A new server certificate for `localhost`, with a fresh serial and a subject that names it."""
+        d = self.dir
+        key, csr, cert = d / f"{name}.key", d / f"{name}.csr", d / f"{name}.crt"
+        self._key(key)
+        subject = f"/O=Megaphone tests/OU={name} {self.tag}/CN={cn}"
+        _openssl("req", "-new", "-config", str(self.cnf), "-key", str(key), "-subj", subject,
+                 "-out", str(csr), cwd=d)
+        serial = self._serial()
+        _openssl("x509", "-req", "-in", str(csr), "-CA", str(self.intermediate),
+                 "-CAkey", str(self.intermediate_key), "-set_serial", str(serial), "-days", "30",
+                 "-sha256", "-extfile", str(self.cnf), "-extensions", "server", "-out", str(cert), cwd=d)
+        os.chmod(cert, 0o644)
+        bundle = d / f"{name}.pem"
+        write_private_file(bundle, cert.read_bytes() + self.intermediate.read_bytes() + key.read_bytes())
+        printed = _openssl("x509", "-in", str(cert), "-noout", "-subject", "-nameopt", "RFC2253",
+                           cwd=d).decode().strip()
+        c = ServerCert(name, bundle, cert, key, serial, printed.removeprefix("subject=").strip())
+        self.certs[name] = c
+        return c
+
+    @property
+    def server(self) -> ServerCert:
+        return self.certs["server"]
+
+    @property
+    def server2(self) -> ServerCert:
+        return self.certs["server2"]
+
+
+def make_test_pki(dir: Path) -> TestPKI:
+    """Root CA, intermediate CA, and two server certificates (`server`, `server2`) for localhost."""
+    pki = TestPKI(dir)
+    pki.issue("server")
+    pki.issue("server2")
+    return pki
+
+
+def cert_serial(pem: bytes | str) -> int:
+    """The serial number of the first certificate in pem."""
+    if isinstance(pem, str):
+        pem = pem.encode()
+    out = subprocess.run(["openssl", "x509", "-noout", "-serial"], input=pem, capture_output=True,
+                         timeout=10)
+    if out.returncode != 0:
+        raise HarnessError(f"openssl x509 -serial: {out.stderr.decode('utf-8', 'replace')}")
+    return int(out.stdout.decode().strip().split("=", 1)[1], 16)
+
+
+class SClient:
+    """What `openssl s_client` printed, picked apart."""
+
+    def __init__(self, args: list[str], proc: subprocess.CompletedProcess):
+        self.args = args
+        self.returncode = proc.returncode
+        self.stdout = proc.stdout.decode("utf-8", "replace")
+        self.stderr = proc.stderr.decode("utf-8", "replace")
+        self.output = self.stdout + self.stderr
+
+    def _line(self, prefix: str) -> str | None:
+        for line in self.output.splitlines():
+            line = line.strip()
+            if line.startswith(prefix):
+                return line[len(prefix):].strip()
+        return None
+
+    @property
+    def verify_code(self) -> int | None:
+        """`Verify return code: N (...)` -> N (the last one printed)."""
+        codes = [line.split(":", 1)[1].split()[0] for line in self.output.splitlines()
+                 if line.strip().startswith("Verify return code:")]
+        return int(codes[-1]) if codes else None
+
+    def _new_line(self) -> tuple[str, str] | None:
+        """("TLSv1.3", "TLS_AES_256_GCM_SHA384") from `New, TLSv1.3, Cipher is ...`; None if the
+        handshake did not complete (`New, (NONE), Cipher is (NONE)`, or no such line). The
+        `Protocol  :` and `Verify return code:` lines of the session block are printed even for a
+        failed handshake, so they prove nothing alone."""
+        for line in self.output.splitlines():
+            if line.startswith("New, ") and "Cipher is" in line:
+                proto = line.split(",")[1].strip()
+                cipher = line.split("Cipher is", 1)[1].strip()
+                if proto == "(NONE)" or cipher == "(NONE)":
+                    return None
+                return proto, cipher
+        return None
+
+    @property
+    def protocol(self) -> str | None:
+        """The negotiated protocol (TLSv1.2, TLSv1.3), or None when no session was established."""
+        n = self._new_line()
+        return n[0] if n else None
+
+    @property
+    def cipher(self) -> str | None:
+        n = self._new_line()
+        return n[1] if n else None
+
+    @property
+    def alpn(self) -> str | None:
+        """`ALPN protocol: X` -> X; None for `No ALPN negotiated` or nothing printed."""
+        return self._line("ALPN protocol:")
+
+    @property
+    def handshake_ok(self) -> bool:
+        return self._new_line() is not None
+
+    @property
+    def chain_pems(self) -> list[str]:
+        """The certificates the server sent (with -showcerts: all of them), PEM, leaf first."""
+        out, cur = [], None
+        for line in self.stdout.splitlines():
+            if line.startswith("-----BEGIN CERTIFICATE-----"):
+                cur = [line]
+            elif cur is not None:
+                cur.append(line)
+                if line.startswith("-----END CERTIFICATE-----"):
+                    out.append("\n".join(cur) + "\n")
+                    cur = None
+        return out
+
+    @property
+    def leaf_serial(self) -> int | None:
+        pems = self.chain_pems
+        return cert_serial(pems[0]) if pems else None
+
+    @property
+    def chain_subjects(self) -> list[str]:
+        """` 0 s:CN = localhost` lines of the `Certificate chain` section, in order."""
+        return [line.split("s:", 1)[1].strip() for line in self.stdout.splitlines()
+                if line.lstrip()[:1].isdigit() and " s:" in line]
+
+    def __str__(self) -> str:
+        return f"$ openssl {' '.join(self.args)}\n(exit {self.returncode})\n{self.output}"
+
+
+def s_client(port: int, *args: str, host: str = "127.0.0.1", ca: Path | None = None,
+             starttls: bool = False, timeout: float = 15, stdin: bytes = b"") -> SClient:
+    """Runs `openssl s_client -connect host:port [-CAfile ca] [-starttls xmpp -xmpphost localhost]
+    -servername localhost -showcerts ARGS` with stdin (default: nothing, so it closes right after
+    the handshake). Never raises for a failed handshake: look at the result."""
+    argv = ["s_client", "-connect", f"{host}:{port}", "-servername", XMPP_HOST, "-showcerts"]
+    if ca is not None:
+        argv += ["-CAfile", str(ca)]
+    if starttls:
+        argv += ["-starttls", "xmpp", "-xmpphost", XMPP_HOST]
+    argv += list(args)
+    try:
+        proc = subprocess.run(["openssl", *argv], input=stdin, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        proc = subprocess.CompletedProcess(e.cmd, -1, e.stdout or b"", (e.stderr or b"") +
+                                           f"\n<s_client timed out after {timeout}s>".encode())
+    return SClient(argv, proc)
