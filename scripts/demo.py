@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "Tests" / "integration"))
 
 import harness  # noqa: E402
-from harness import Ejabberd, MegaphoneNode, free_port, wait_for  # noqa: E402
+from harness import Ejabberd, MegaphoneNode, free_port, make_test_pki, wait_for  # noqa: E402
 
 USERS = {"alice": "alice-secret", "bob": "bob-secret"}
 
@@ -34,12 +34,12 @@ def port_or_free(wanted: int) -> int:
     return wanted if harness._port_free(wanted) else free_port()
 
 
-async def check(mp_port: int, native_port: int) -> None:
-    """Alice through Megaphone, Bob on the native port: log in, exchange a message."""
+async def check(starttls_port: int, native_port: int, ca_file: Path) -> None:
+    """Alice through Megaphone over STARTTLS, Bob on the native port: log in, exchange a message."""
     from clients import Session  # slixmpp, from the venv scripts/run prepared
 
     async with Session() as s:
-        alice = await s.login("alice@localhost", USERS["alice"], mp_port)
+        alice = await s.login("alice@localhost", USERS["alice"], starttls_port, tls="starttls", ca_file=ca_file)
         bob = await s.login("bob@localhost", USERS["bob"], native_port)
         alice.send_message(mto="bob@localhost", mbody="hello Bob, from behind Megaphone", mtype="chat")
         bob.send_message(mto="alice@localhost", mbody="hello Alice, from port 5222's twin", mtype="chat")
@@ -51,7 +51,9 @@ async def check(mp_port: int, native_port: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--port", type=int, default=5322, help="Megaphone's client port (taken: any free port)")
+    parser.add_argument("--port", type=int, default=5322,
+                        help="Megaphone's STARTTLS port; the direct TLS port is the next one, the plain one the "
+                             "one after (any free port where taken)")
     parser.add_argument("--name", default="megaphone", help="the Megaphone node's name")
     args = parser.parse_args()
 
@@ -59,8 +61,11 @@ def main() -> int:
     os.chmod(base, 0o755)
     cookie = secrets.token_hex(16)
     node = f"{args.name}@localhost"
-    mp_port = port_or_free(args.port)
-    ej = Ejabberd(base, {node: mp_port}, cookie=cookie, connect_retry=1)
+    starttls_port, tls_port, plain_port = (port_or_free(args.port + i) for i in range(3))
+    # A throwaway CA and a certificate for localhost; a real deployment uses ejabberd's certfile.
+    pki = make_test_pki(base / "pki")
+    ej = Ejabberd(base, {node: [("starttls", starttls_port), ("tls", tls_port), ("tcp", plain_port)]},
+                  cookie=cookie, connect_retry=1, megaphone_opts={"certfile": str(pki.server.bundle)})
     mp = MegaphoneNode(base / "nodes", cookie, ej.helper, name=args.name)
     try:
         print(f"==> starting Megaphone node {node} and ejabberd {ej.node} (run dir {base})")
@@ -71,19 +76,22 @@ def main() -> int:
             ej.register(user, password)
         print(f"""
 ejabberd 23.01 runs with mod_megaphone, isolated under {base}:
-  clients through Megaphone : 127.0.0.1:{mp_port}   (plain TCP; TLS comes with the TLS issue)
-  ejabberd's own c2s port   : 127.0.0.1:{ej.c2s_port}
-  XMPP domain               : localhost
-  users                     : alice / {USERS['alice']},  bob / {USERS['bob']}
-Point any XMPP client at 127.0.0.1 port {mp_port} (allow plaintext login; no TLS yet), e.g.
-  profanity: /connect alice@localhost server 127.0.0.1 port {mp_port} tls disable
+  through Megaphone, STARTTLS : 127.0.0.1:{starttls_port}   (the port-5222 way)
+  through Megaphone, TLS      : 127.0.0.1:{tls_port}   (XEP-0368 direct TLS)
+  through Megaphone, plain    : 127.0.0.1:{plain_port}
+  ejabberd's own c2s port     : 127.0.0.1:{ej.c2s_port}
+  XMPP domain                 : localhost
+  users                       : alice / {USERS['alice']},  bob / {USERS['bob']}
+  CA of the test certificate  : {pki.ca}   (trust it in the client, or accept the certificate)
+Point any XMPP client at 127.0.0.1 port {starttls_port}, e.g.
+  profanity: /connect alice@localhost server 127.0.0.1 port {starttls_port}
 Status : ejabberdctl --config-dir {ej.etc} --ctl-config {ej.etc}/ejabberdctl.cfg megaphone_status
 Logs   : {ej.log_path}   and   {mp.log_path}
 Shell  : erl -sname sh@localhost -hidden -setcookie {cookie} -pa {harness.MEGAPHONE_EBIN}
          then megaphone:stats('{node}'). or rpc:call('{ej.node}', mod_megaphone, status, []).
 """)
-        print("==> scripted check: alice through Megaphone, bob on the native port")
-        asyncio.run(asyncio.wait_for(check(mp_port, ej.c2s_port), 60))
+        print("==> scripted check: alice through Megaphone over STARTTLS, bob on the native port")
+        asyncio.run(asyncio.wait_for(check(starttls_port, ej.c2s_port, pki.ca), 60))
         print(f"  megaphone_status: {ej.ctl('megaphone_status').stdout.strip()}")
         if sys.stdin.isatty():
             print("\nRunning. Ctrl-C stops ejabberd and the Megaphone node.")
