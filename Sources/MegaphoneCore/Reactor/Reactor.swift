@@ -187,14 +187,14 @@ public final class Reactor: @unchecked Sendable {
             case .putData(let replyTo, let id, let bytes):
                 putData(replyTo: replyTo, connID: id, bytes: bytes)
             case .sendData(let id, let bytes):
-                guard let fd = table.fd(of: id) else {
+                guard let fd = establishedFD(of: id) else {
                     counters.unknownConnection.add(1, ordering: .relaxed)
                     continue
                 }
                 guard !table[fd].flags.contains(.closing) else { continue }
                 write(fd, bytes)
             case .close(let id):
-                guard let fd = table.fd(of: id) else {
+                guard let fd = establishedFD(of: id) else {
                     counters.unknownConnection.add(1, ordering: .relaxed)
                     continue
                 }
@@ -219,8 +219,15 @@ public final class Reactor: @unchecked Sendable {
         pausedListeners.removeAll { $0.listener === listener }
     }
 
+    /// The fd of a connection that requests may name: one announced with `megaphone_connect`. A
+    /// connection still in its STARTTLS opening or handshake is unknown to Erlang, whatever it guesses.
+    private func establishedFD(of connID: UInt64) -> CInt? {
+        guard let fd = table.fd(of: connID), table[fd].stage == .established else { return nil }
+        return fd
+    }
+
     private func getData(owner: PidRef, connID: UInt64) {
-        guard let fd = table.fd(of: connID) else {
+        guard let fd = establishedFD(of: connID) else {
             emit(to: owner, .requestError(tag: .connID(connID), reason: .unknownConnection))
             return
         }
@@ -231,7 +238,7 @@ public final class Reactor: @unchecked Sendable {
     }
 
     private func putData(replyTo: PidRef?, connID: UInt64, bytes: [UInt8]) {
-        guard let fd = table.fd(of: connID), let config else {
+        guard let fd = establishedFD(of: connID), let config else {
             if let replyTo { emit(to: replyTo, .requestError(tag: .connID(connID), reason: .unknownConnection)) }
             return
         }
