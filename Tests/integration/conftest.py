@@ -119,6 +119,21 @@ def _check_built() -> None:
                         pytrace=False)
 
 
+def _tear_down(base: Path, processes, what: str) -> None:
+    """Stops each started process (ejabberd first) by PID; removes the temp tree unless a test failed
+    or MEGAPHONE_IT_KEEP is set."""
+    for obj in processes:
+        if obj is not None:
+            try:
+                obj.cleanup()
+            except Exception as e:  # noqa: BLE001
+                print(f"cleanup of {obj!r} failed: {e!r}")
+    if _failed or os.environ.get("MEGAPHONE_IT_KEEP"):
+        print(f"\n{what} temp tree kept: {base}")
+    else:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def _session_env():
     global _failed
@@ -140,16 +155,7 @@ def _session_env():
         env.ensure_healthy()
         yield env
     finally:
-        for obj in (ej, b, a):
-            if obj is not None:
-                try:
-                    obj.cleanup()
-                except Exception as e:  # noqa: BLE001
-                    print(f"cleanup of {obj!r} failed: {e!r}")
-        if _failed or os.environ.get("MEGAPHONE_IT_KEEP"):
-            print(f"\nintegration temp tree kept: {base}")
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+        _tear_down(base, (ej, b, a), "integration")
 
 
 @pytest.fixture
@@ -268,16 +274,7 @@ def _tls_module_env():
         env.ensure_healthy()
         yield env
     finally:
-        for obj in (ej, node):
-            if obj is not None:
-                try:
-                    obj.cleanup()
-                except Exception as e:  # noqa: BLE001
-                    print(f"cleanup of {obj!r} failed: {e!r}")
-        if _failed or os.environ.get("MEGAPHONE_IT_KEEP"):
-            print(f"\nTLS integration temp tree kept: {base}")
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+        _tear_down(base, (ej, node), "TLS integration")
 
 
 @pytest.fixture
