@@ -432,16 +432,35 @@ public final class Reactor: @unchecked Sendable {
         }
         guard table[fd].flags.contains(.readable) else { return }
         let buffer = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<config.maxChunk])
-        switch readSome(fd, into: buffer) {
-        case .eof:
-            closeConnection(fd, reason: .clientClosed, notify: .closed(connID: id))
-        case .data(let n):
-            counters.bytesIn.add(n, ordering: .relaxed)
-            deliver(fd, Array(UnsafeRawBufferPointer(rebasing: buffer[0..<n])))
-        case .wouldBlock:
-            table[fd].flags.remove(.readable)
-        case .failed(let reason, let closeReason):
-            closeConnection(fd, reason: closeReason, notify: .error(connID: id, reason: reason))
+        // One read() returns all the socket holds, but SSL_read returns one TLS record: fill the chunk
+        // from as many records as are there, so that a TLS client's bytes reach ejabberd in chunks as
+        // large as a plain client's (bench/run-tls saw ~285-byte chunks, 4x the plain count).
+        var filled = 0
+        var ended: (CloseReason, Event)? = nil
+        fill: while filled < buffer.count {
+            switch readSome(fd, into: UnsafeMutableRawBufferPointer(rebasing: buffer[filled...])) {
+            case .data(let n):
+                filled += n
+                if table[fd].tls == nil { break fill }
+            case .wouldBlock:
+                table[fd].flags.remove(.readable)
+                break fill
+            case .eof:
+                ended = (.clientClosed, .closed(connID: id))
+                break fill
+            case .failed(let reason, let closeReason):
+                ended = (closeReason, .error(connID: id, reason: reason))
+                break fill
+            }
+        }
+        if filled > 0 {
+            counters.bytesIn.add(filled, ordering: .relaxed)
+            deliver(fd, Array(UnsafeRawBufferPointer(rebasing: buffer[0..<filled])))
+            // The client is gone after these bytes: tcp_closed follows the last chunk at once, as for a
+            // hang-up with unread input.
+            if let (reason, event) = ended { closeConnection(fd, reason: reason, notify: event) }
+        } else if let (reason, event) = ended {
+            closeConnection(fd, reason: reason, notify: event)
         }
     }
 
