@@ -13,6 +13,12 @@
 -module(megaphone_bench).
 
 -export([main/1]).
+%% Helpers shared with megaphone_bench_tls (bench/run-tls).
+-export([fail/2, progress/2, connect_node/2, mp_call/4, rpc/4, stop_node/1,
+         wait_until/3, flush_mailbox/0, deadline/1, remaining/1, expired/1,
+         proc_status/1, rss/1, cpu_ticks/1, thread_ticks/1, all_proc_ticks/0, other_cpu/5,
+         system_cpu/0, slab_kb/0, timed/1, delta/2, others/1, thread_label/1,
+         range/2, mean/1, ratio/2, int/1, f0/1, f1/1, f2/1]).
 
 -define(MB, 1000000).
 
