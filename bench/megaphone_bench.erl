@@ -13,6 +13,7 @@
 -module(megaphone_bench).
 
 -export([main/1]).
+-export([report_and_halt/1]).
 %% Helpers shared with megaphone_bench_tls (bench/run-tls).
 -export([fail/2, progress/2, connect_node/2, mp_call/4, rpc/4, stop_node/1,
          wait_until/3, flush_mailbox/0, deadline/1, remaining/1, expired/1,
@@ -27,11 +28,15 @@
 %%====================================================================
 
 main(Args) ->
+    report_and_halt(fun() -> run(parse_args(Args)) end).
+
+%% Prints the report Fun() returns and halts with status 0; or prints why it
+%% failed and halts with 1. Shared with megaphone_bench_tls.
+-spec report_and_halt(fun(() -> iodata())) -> no_return().
+report_and_halt(Fun) ->
     Status =
         try
-            O = parse_args(Args),
-            Report = run(O),
-            io:put_chars(Report),
+            io:put_chars(Fun()),
             0
         catch
             throw:{bench_error, Msg} ->

@@ -10,6 +10,7 @@
 -module(megaphone_bench_ref).
 
 -export([listen/1, count/0, stop/0, memory/0]).
+-export([stop_owner/2]).
 
 -define(KEY, {?MODULE, state}).
 
@@ -35,7 +36,13 @@ count() ->
 
 %% Closes the listener and every socket it accepted.
 stop() ->
-    case persistent_term:get(?KEY, undefined) of
+    stop_owner(?KEY, 10000).
+
+%% Stops the owner process registered under Key in persistent_term (it closes
+%% its listener and sockets), killing it after Timeout ms. Shared with
+%% megaphone_bench_tls_ref.
+stop_owner(Key, Timeout) ->
+    case persistent_term:get(Key, undefined) of
         undefined ->
             ok;
         {Pid, _} ->
@@ -43,10 +50,10 @@ stop() ->
             Pid ! stop,
             receive
                 {'DOWN', MRef, _, _, _} -> ok
-            after 10000 ->
+            after Timeout ->
                 exit(Pid, kill)
             end,
-            persistent_term:erase(?KEY),
+            persistent_term:erase(Key),
             ok
     end.
 

@@ -29,24 +29,15 @@
 %%====================================================================
 
 main(Args) ->
-    Status =
-        try
-            O = parse_args(Args),
-            {ok, _} = application:ensure_all_started(ssl),
-            %% The measuring process must get the CPU on time even when the
-            %% machine is saturated by the measured traffic.
-            process_flag(priority, high),
-            io:put_chars(run(O)),
-            0
-        catch
-            throw:{bench_error, Msg} ->
-                io:format(standard_error, "BENCH FAILED: ~s~n", [Msg]),
-                1;
-            Class:Reason:Stack ->
-                io:format(standard_error, "BENCH FAILED: ~p:~p~n~p~n", [Class, Reason, Stack]),
-                1
-        end,
-    halt(Status).
+    megaphone_bench:report_and_halt(
+      fun() ->
+              O = parse_args(Args),
+              {ok, _} = application:ensure_all_started(ssl),
+              %% The measuring process must get the CPU on time even when the
+              %% machine is saturated by the measured traffic.
+              process_flag(priority, high),
+              run(O)
+      end).
 
 parse_args(Args) ->
     Defaults = #{sections => [mem, hs], idle => 10000, reps => 2, warmup => 2,

@@ -53,27 +53,12 @@ counts() ->
 %% Closes the listener and every socket it holds.
 -spec stop() -> ok.
 stop() ->
-    case persistent_term:get(?KEY, undefined) of
-        undefined ->
-            ok;
-        {Pid, _} ->
-            MRef = erlang:monitor(process, Pid),
-            Pid ! stop,
-            receive
-                {'DOWN', MRef, _, _, _} -> ok
-            after 30000 ->
-                exit(Pid, kill)
-            end,
-            persistent_term:erase(?KEY),
-            ok
-    end.
+    megaphone_bench_ref:stop_owner(?KEY, 30000).
 
 %% erlang:memory/0 plus the process and port counts.
 -spec memory() -> map().
 memory() ->
-    maps:merge(maps:from_list(erlang:memory()),
-               #{process_count => erlang:system_info(process_count),
-                 port_count => erlang:system_info(port_count)}).
+    megaphone_bench_ref:memory().
 
 %%====================================================================
 %% Internals
