@@ -151,7 +151,9 @@ public final class DistributionLink {
         }
         do {
             config.tls = try TLSContext(current.options)
+            counters.certificateLoads.add(1, ordering: .relaxed)
         } catch {
+            counters.certificateLoadFailures.add(1, ordering: .relaxed)
             logger.error("SIGHUP: cannot reload the certificate; keeping the old one",
                          metadata: ["certfile": "\(current.options.certfile)", "error": "\(error)"])
             return
@@ -319,7 +321,9 @@ public final class DistributionLink {
             do {
                 tls = try TLSContext(TLSOptions(certfile: certfile, ciphers: options.ciphers ?? TLSOptions.defaultCiphers,
                                                 minVersionTLS13: options.tlsMinVersion13))
+                counters.certificateLoads.add(1, ordering: .relaxed)
             } catch {
+                counters.certificateLoadFailures.add(1, ordering: .relaxed)
                 logger.warning("Cannot load the TLS certificate", metadata: ["certfile": "\(certfile)", "error": "\(error)"])
                 return send(to: from, .requestError(tag: .ref(ref), reason: .badCertfile(error.description)))
             }

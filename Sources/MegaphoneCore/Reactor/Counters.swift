@@ -38,6 +38,9 @@ public final class Counters: Sendable {
     public let malformedRequests = Atomic<Int>(0)
     public let unknownConnection = Atomic<Int>(0)
     public let undeliverable = Atomic<Int>(0)
+    /// TLS certificates loaded (each start with a certfile, each SIGHUP), and loads that failed.
+    public let certificateLoads = Atomic<Int>(0)
+    public let certificateLoadFailures = Atomic<Int>(0)
     private let closedCounts: [ClosedCounter] = CloseReason.allCases.map { _ in ClosedCounter() }
 
     public init() {}
@@ -53,6 +56,8 @@ public final class Counters: Sendable {
             ("malformed_requests", malformedRequests.load(ordering: .relaxed)),
             ("unknown_connection", unknownConnection.load(ordering: .relaxed)),
             ("undeliverable", undeliverable.load(ordering: .relaxed)),
+            ("certificate_loads", certificateLoads.load(ordering: .relaxed)),
+            ("certificate_load_failures", certificateLoadFailures.load(ordering: .relaxed)),
         ]
     }
 
