@@ -46,8 +46,23 @@ if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
     signal.signal(signal.SIGTERM, _sigterm)
 
 
+class _Users:
+    """Users and sessions of an environment with an `ej` (Ejabberd) and a `users` list."""
+
+    def new_user(self, prefix: str = "u") -> tuple[str, str]:
+        """Registers a fresh user; returns (bare JID, password)."""
+        user = f"{prefix}{secrets.token_hex(4)}"
+        password = secrets.token_urlsafe(12)
+        self.ej.register(user, password)
+        self.users.append(user)
+        return f"{user}@{harness.XMPP_HOST}", password
+
+    def session_pid_of(self, client):
+        return self.ej.session_pid(client.boundjid.user, client.boundjid.resource)
+
+
 @dataclass
-class Env:
+class Env(_Users):
     base: Path
     ej: Ejabberd
     a: MegaphoneNode
@@ -61,17 +76,6 @@ class Env:
 
     def port(self, node: MegaphoneNode) -> int:
         return self.ports[node.node]
-
-    def new_user(self, prefix: str = "u") -> tuple[str, str]:
-        """Registers a fresh user; returns (bare JID, password)."""
-        user = f"{prefix}{secrets.token_hex(4)}"
-        password = secrets.token_urlsafe(12)
-        self.ej.register(user, password)
-        self.users.append(user)
-        return f"{user}@{harness.XMPP_HOST}", password
-
-    def session_pid_of(self, client):
-        return self.ej.session_pid(client.boundjid.user, client.boundjid.resource)
 
     def megaphone_c2s(self, node: MegaphoneNode) -> list:
         """Live c2s processes whose socket is a Megaphone connection on `node`."""
@@ -172,7 +176,7 @@ MAX_HANDSHAKES_PER_IP = 3    # mod_megaphone's max_handshakes_per_ip in the TLS 
 
 
 @dataclass
-class TlsEnv:
+class TlsEnv(_Users):
     base: Path
     ej: Ejabberd
     node: MegaphoneNode
@@ -206,16 +210,6 @@ class TlsEnv:
         self.ej.megaphone_opts = {k: v for k, v in merged.items() if v is not None}
         self.ej._write_config()
         self.ej.ctl("reload_config")
-
-    def new_user(self, prefix: str = "u") -> tuple[str, str]:
-        user = f"{prefix}{secrets.token_hex(4)}"
-        password = secrets.token_urlsafe(12)
-        self.ej.register(user, password)
-        self.users.append(user)
-        return f"{user}@{harness.XMPP_HOST}", password
-
-    def session_pid_of(self, client):
-        return self.ej.session_pid(client.boundjid.user, client.boundjid.resource)
 
     def megaphone_c2s(self) -> list:
         """Live c2s processes whose socket is a connection of the node: (Pid, SockMod, Socket)."""
