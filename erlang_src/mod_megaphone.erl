@@ -296,6 +296,7 @@ handle_info({connect, Node}, State) ->
 handle_info({connect_result, Node, true}, State) ->
     %% One monitor per connection: its nodedown message ends it.
     erlang:monitor_node(Node, true),
+    coalesce_dist_output(Node),
     {noreply, send_start(Node, State)};
 handle_info({connect_result, Node, false}, State) ->
     {noreply, retry_later(Node, State)};
@@ -421,6 +422,25 @@ detach(Name, #mp_node{status = Status}, #state{nodes = Nodes, sessions = Session
                  end, Sessions),
     erlang:monitor_node(Name, false),
     State#state{nodes = maps:remove(Name, Nodes)}.
+
+%% Every session's get_data and send_data travels on the one distribution
+%% connection to the node. With delay_send the emulator gathers what its
+%% schedulers queued in one round into one write, so the node reads (and wakes
+%% for) many messages at a time. Only this connection is changed; a dist
+%% module that is not inet-based is left as it is.
+-spec coalesce_dist_output(node()) -> ok.
+coalesce_dist_output(Node) ->
+    case lists:keyfind(Node, 1, erlang:system_info(dist_ctrl)) of
+        {Node, Port} when is_port(Port) ->
+            case inet:setopts(Port, [{delay_send, true}]) of
+                ok -> ok;
+                {error, Reason} ->
+                    ?WARNING_MSG("Cannot set delay_send on the connection to ~s: ~p",
+                                 [Node, Reason])
+            end;
+        _ ->
+            ok
+    end.
 
 %% net_kernel:connect_node/1 can block for net_setuptime on a host that does
 %% not answer: run it aside so that sessions keep being served meanwhile.
