@@ -45,17 +45,23 @@ public enum Server {
         let node = try CNode(alive: configuration.name, host: configuration.host, cookie: configuration.cookie,
                              distPort: configuration.distPort, logger: logger)
         let counters = Counters()
-        let output = try Mailbox<ReactorOutput>()
+        // One reactor runs on the distribution thread itself: no hand-off between threads, no eventfd.
+        let inline = configuration.threads == 1
+        let output = try Mailbox<ReactorOutput>(signalling: !inline)
         let limiter = HandshakeLimiter()
         var reactors: [Reactor] = []
         for index in 0..<configuration.threads {
-            reactors.append(try Reactor(index: index, output: output, counters: counters, limiter: limiter, logger: logger))
+            reactors.append(try Reactor(index: index, output: output, counters: counters, limiter: limiter,
+                                        inline: inline, logger: logger))
         }
         for reactor in reactors { reactor.siblings = reactors }
-        let link = try DistributionLink(node: node, reactors: reactors, output: output, counters: counters,
+        let link = try DistributionLink(node: node, reactors: reactors, inline: inline ? reactors.first : nil,
+                                        output: output, counters: counters,
                                         netTicktimeSeconds: configuration.netTicktime, logger: logger)
-        for reactor in reactors {
-            _ = try PThread.spawn(name: "reactor-\(reactor.index)") { reactor.run() }
+        if !inline {
+            for reactor in reactors {
+                _ = try PThread.spawn(name: "reactor-\(reactor.index)") { reactor.run() }
+            }
         }
         link.run()
     }

@@ -151,7 +151,8 @@ def _session_env():
         ports = {f"{n}@localhost": free_port() for n in names}
         ej = Ejabberd(base, ports, cookie=cookie, connect_retry=1)
         a = MegaphoneNode(base / "nodes", cookie, ej.helper, name=names[0])
-        b = MegaphoneNode(base / "nodes", cookie, ej.helper, name=names[1])
+        # b runs its one reactor on the distribution thread: both event loops are exercised.
+        b = MegaphoneNode(base / "nodes", cookie, ej.helper, name=names[1], threads=1)
         a.start()
         b.start()
         ej.start()

@@ -906,8 +906,9 @@ class MegaphoneNode:
     """The real `megaphone` binary, registered in epmd as NAME@localhost."""
 
     def __init__(self, base_dir: Path, cookie: str, helper: ErlHelper, *, name: str | None = None,
-                 binary: Path = MEGAPHONE_BIN, log_level: str = "info"):
+                 binary: Path = MEGAPHONE_BIN, log_level: str = "info", threads: int | None = None):
         self.name = name or unique("mpit_mp_")
+        self.threads = threads
         self.node = f"{self.name}@localhost"
         self.dir = Path(base_dir) / self.name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -939,7 +940,8 @@ class MegaphoneNode:
             log.flush()
             self.proc = subprocess.Popen(
                 [str(self.binary), "--name", self.name, "--host", "localhost",
-                 "--cookie-file", str(self.cookie_file), "--log-level", self.log_level],
+                 "--cookie-file", str(self.cookie_file), "--log-level", self.log_level]
+                + (["--threads", str(self.threads)] if self.threads else []),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.dir, start_new_session=True)
         try:
             wait_for(lambda: self.name in epmd_names() or

@@ -55,7 +55,14 @@ binary_exists_test() ->
     ?assert(is_list(megaphone_test_node:check_binary())).
 
 megaphone_test_() ->
-    {foreach, fun setup/0, fun cleanup/1,
+    {foreach, fun setup/0, fun cleanup/1, cases()}.
+
+%% The same cases against a node whose one reactor runs on the
+%% distribution thread (`--threads 1'), a different event loop.
+megaphone_inline_test_() ->
+    {foreach, fun() -> megaphone_test_node:start(["--threads", "1"]) end, fun cleanup/1, cases()}.
+
+cases() ->
      [instance("start returns a real port and is idempotent", fun start_is_idempotent/1),
       instance("the node is hidden", fun node_is_hidden/1),
       instance("megaphone_connect reaches the controller", fun connect_reaches_controller/1),
@@ -71,7 +78,7 @@ megaphone_test_() ->
       instance("send_queue_limit closes a client that does not read", fun send_queue_limit/1),
       instance("a wrong cookie cannot connect", fun wrong_cookie/1),
       instance("shutdown closes every connection and exits 0", fun shutdown_closes_all/1),
-      instance("the bare {shutdown} exits 0", fun bare_shutdown/1)]}.
+      instance("the bare {shutdown} exits 0", fun bare_shutdown/1)].
 
 %%====================================================================
 %% Fixture

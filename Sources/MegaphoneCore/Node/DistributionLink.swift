@@ -35,6 +35,7 @@ public final class DistributionLink {
     private let node: CNode
     private let reactors: [Reactor]
     private let output: Mailbox<ReactorOutput>
+    private let inline: Reactor?
     private let counters: Counters
     private let logger: Logger
     private let netTicktimeMillis: Int64
@@ -60,10 +61,12 @@ public final class DistributionLink {
 
     /// Takes over `node`. Blocks SIGINT, SIGTERM and SIGHUP for the calling thread (call it before
     /// starting other threads so they inherit the mask) and reads them from a signalfd instead.
-    public init(node: CNode, reactors: [Reactor], output: Mailbox<ReactorOutput>, counters: Counters,
-                netTicktimeSeconds: Int, logger: Logger) throws(SystemError) {
+    /// `inline`: a reactor without a thread of its own, run by this thread between its own work.
+    public init(node: CNode, reactors: [Reactor], inline: Reactor? = nil, output: Mailbox<ReactorOutput>,
+                counters: Counters, netTicktimeSeconds: Int, logger: Logger) throws(SystemError) {
         self.node = node
         self.reactors = reactors
+        self.inline = inline
         self.output = output
         self.counters = counters
         self.logger = logger
@@ -104,18 +107,27 @@ public final class DistributionLink {
                 pollfd(fd: signalFD, events: Int16(POLLIN), revents: 0),
                 pollfd(fd: node.listenFD, events: Int16(POLLIN), revents: 0),
             ]
+            if let inline { fds.append(pollfd(fd: inline.pollFD, events: Int16(POLLIN), revents: 0)) }
+            let firstPeer = fds.count
             fds += peers.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
             // Input already in user space is invisible to poll(): don't sleep on it.
             let buffered = peers.contains { CEI_pending_input($0.fd) > 0 }
-            let n = poll(&fds, nfds_t(fds.count), buffered ? 0 : 1_000)
+            let inlineBusy = inline.map { $0.hasUnsignalledCommands } ?? false
+            let timeout: CInt = buffered || inlineBusy ? 0 : inline?.needsTimer == true ? 250 : 1_000
+            let n = poll(&fds, nfds_t(fds.count), timeout)
             if n > 0 {
                 if fds[1].revents != 0 { handleSignals() }
                 if fds[0].revents != 0 { handleReactorOutput() }
                 if fds[2].revents != 0 && shutdown == nil { acceptPeer() }
-                for p in fds[3...] where p.revents != 0 { receive(from: p.fd) }
+                for p in fds[firstPeer...] where p.revents != 0 { receive(from: p.fd) }
             }
             if buffered {
                 for peer in peers where CEI_pending_input(peer.fd) > 0 { receive(from: peer.fd) }
+            }
+            if let inline, inline.isRunning {
+                // What the peers asked for is done in the same turn, and what it produced is sent in it.
+                inline.runOnce(timeout: 0)
+                handleReactorOutput()
             }
             flushPeers()
             let now = monotonicMillis()

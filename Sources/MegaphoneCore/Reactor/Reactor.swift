@@ -48,8 +48,12 @@ public final class Reactor: @unchecked Sendable {
     /// client IP whose handshake slot they hold.
     private var handshakes: [UInt64: (deadline: Int64, ip: IPAddress)] = [:]
     private var outbox: [ReactorOutput] = []
+    /// `send_data` bytes of the current command batch, by ConnId, and the order they came in.
+    private var coalesced: [UInt64: [UInt8]] = [:]
+    private var coalescedOrder: [UInt64] = []
     private var shuttingDown = false
     private var running = true
+    private let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: 256)
 
     private struct Closing {
         var deadline: Int64
@@ -63,8 +67,10 @@ public final class Reactor: @unchecked Sendable {
     /// Which reactor owns a connection.
     public static func reactorIndex(of connID: UInt64) -> Int { Int(connID & 0xFF) }
 
+    /// `inline`: the reactor has no thread of its own; the distribution thread calls `runOnce`, so
+    /// its commands need no eventfd.
     init(index: Int, output: Mailbox<ReactorOutput>, counters: Counters,
-         limiter: HandshakeLimiter = HandshakeLimiter(), logger: Logger) throws(SystemError) {
+         limiter: HandshakeLimiter = HandshakeLimiter(), inline: Bool = false, logger: Logger) throws(SystemError) {
         precondition(index >= 0 && index < Self.maxReactors, "reactor index out of range")
         self.index = index
         self.output = output
@@ -73,7 +79,7 @@ public final class Reactor: @unchecked Sendable {
         var logger = logger
         logger[metadataKey: "reactor"] = "\(index)"
         self.logger = logger
-        commands = try Mailbox()
+        commands = try Mailbox(signalling: !inline)
         epfd = try Epoll.epoll_create()
         reserveFD = Glibc.open("/dev/null", O_RDONLY | O_CLOEXEC)
         scratch = .allocate(byteCount: 64 * 1024, alignment: 16)
@@ -81,6 +87,7 @@ public final class Reactor: @unchecked Sendable {
     }
 
     deinit {
+        events.deallocate()
         closeFD(epfd)
         if reserveFD >= 0 { closeFD(reserveFD) }
         scratch.deallocate()
@@ -105,41 +112,59 @@ public final class Reactor: @unchecked Sendable {
 
     /// Runs until a `.shutdown` command has been carried out. Call on the reactor's own thread only.
     public func run() {
-        let capacity: CInt = 256
-        let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: Int(capacity))
-        defer { events.deallocate() }
         while running {
-            let timeout: CInt = closing.isEmpty && pausedListeners.isEmpty && handshakes.isEmpty ? -1 : 250
-            let n: Int
-            do {
-                n = try Epoll.epoll_wait(epfd: epfd, events: events, maxevents: capacity, timeout: timeout)
-            } catch {
-                logger.error("epoll_wait failed", metadata: ["error": "\(error)"])
-                n = 0
+            runOnce(timeout: needsTimer ? 250 : -1)
+        }
+    }
+
+    /// False once a `.shutdown` has been carried out (and `.drained` posted).
+    public var isRunning: Bool { running }
+
+    /// The epoll descriptor, for a distribution thread that runs this reactor inline: readable when
+    /// `runOnce(timeout: 0)` has work.
+    public var pollFD: CInt { epfd }
+
+    /// Whether closing connections, paused listeners or handshakes need `runOnce` at least every 250 ms.
+    public var needsTimer: Bool { !closing.isEmpty || !pausedListeners.isEmpty || !handshakes.isEmpty }
+
+    /// Whether commands wait that no eventfd announces (an inline reactor's).
+    public var hasUnsignalledCommands: Bool { !commands.signalling && !commands.isEmpty }
+
+    /// One turn: waits up to `timeout` ms (-1: forever) for I/O and commands, handles them, runs the
+    /// timers and posts what it has for the distribution thread.
+    public func runOnce(timeout: CInt) {
+        guard running else { return }
+        let capacity: CInt = 256
+        if !commands.signalling && !commands.isEmpty { handleCommands() }
+        let n: Int
+        do {
+            n = try Epoll.epoll_wait(epfd: epfd, events: events, maxevents: capacity, timeout: timeout)
+        } catch {
+            logger.error("epoll_wait failed", metadata: ["error": "\(error)"])
+            n = 0
+        }
+        for i in 0..<n {
+            let ev = events[i]
+            let data = ev.data.u64
+            switch Token.kind(data) {
+            case 0:
+                handleCommands()
+            case 1:
+                if let listener = listeners[Token.fd(data)] { accept(from: listener) }
+            case _:
+                let fd = Token.fd(data)
+                guard table.contains(fd: fd), table[fd].generation & 0xFF_FFFF == Token.generation(data) else { continue }
+                handleIO(fd, events: ev.events)
             }
-            for i in 0..<n {
-                let ev = events[i]
-                let data = ev.data.u64
-                switch Token.kind(data) {
-                case 0:
-                    handleCommands()
-                case 1:
-                    if let listener = listeners[Token.fd(data)] { accept(from: listener) }
-                case _:
-                    let fd = Token.fd(data)
-                    guard table.contains(fd: fd), table[fd].generation & 0xFF_FFFF == Token.generation(data) else { continue }
-                    handleIO(fd, events: ev.events)
-                }
-            }
-            if !closing.isEmpty || !pausedListeners.isEmpty || !handshakes.isEmpty { sweep(now: monotonicMillis()) }
-            if shuttingDown && table.count == 0 {
-                outbox.append(.drained(reactor: index))
-                running = false
-            }
-            if !outbox.isEmpty {
-                output.post(contentsOf: outbox)
-                outbox.removeAll(keepingCapacity: true)
-            }
+        }
+        if needsTimer { sweep(now: monotonicMillis()) }
+        if shuttingDown && table.count == 0 {
+            outbox.append(.drained(reactor: index))
+            running = false
+        }
+        if !outbox.isEmpty {
+            output.post(contentsOf: outbox)
+            outbox.removeAll(keepingCapacity: true)
         }
     }
 
@@ -187,29 +212,51 @@ public final class Reactor: @unchecked Sendable {
             case .putData(let replyTo, let id, let bytes):
                 putData(replyTo: replyTo, connID: id, bytes: bytes)
             case .sendData(let id, let bytes):
-                guard let fd = establishedFD(of: id) else {
-                    counters.unknownConnection.add(1, ordering: .relaxed)
-                    continue
+                // Held to the end of the batch: a session's stanzas that came in one distribution
+                // read leave in one write() (for TLS, one record).
+                if coalesced[id] == nil {
+                    coalesced[id] = bytes
+                    coalescedOrder.append(id)
+                } else {
+                    coalesced[id]?.append(contentsOf: bytes)
                 }
-                guard !table[fd].flags.contains(.closing) else { continue }
-                write(fd, bytes)
             case .close(let id):
+                sendCoalesced(id)
                 guard let fd = establishedFD(of: id) else {
                     counters.unknownConnection.add(1, ordering: .relaxed)
                     continue
                 }
                 beginClose(fd, reason: .requested, notify: false)
             case .nodeDown(let node):
+                sendAllCoalesced()
                 for fd in table.liveFDs where recipient(of: table[fd]).node == node {
                     closeConnection(fd, reason: .nodeDown, notify: nil)
                 }
             case .shutdown:
+                sendAllCoalesced()
                 shuttingDown = true
                 for listener in Array(listeners.values) { removeListener(listener) }
                 pausedListeners.removeAll()
                 for fd in table.liveFDs { beginClose(fd, reason: .shutdown, notify: true) }
             }
         }
+        sendAllCoalesced()
+    }
+
+    /// `send_data` held by `handleCommands` for one connection, written now.
+    private func sendCoalesced(_ id: UInt64) {
+        guard let bytes = coalesced.removeValue(forKey: id) else { return }
+        guard let fd = establishedFD(of: id) else {
+            counters.unknownConnection.add(1, ordering: .relaxed)
+            return
+        }
+        guard !table[fd].flags.contains(.closing) else { return }
+        write(fd, bytes)
+    }
+
+    private func sendAllCoalesced() {
+        for id in coalescedOrder { sendCoalesced(id) }
+        coalescedOrder.removeAll(keepingCapacity: true)
     }
 
     private func removeListener(_ listener: Listener) {
