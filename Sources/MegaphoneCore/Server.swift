@@ -17,8 +17,12 @@ public struct ServerConfiguration: Sendable {
     public var threads: Int
     /// Seconds of silence after which a connected Erlang node is taken for dead (Erlang's net_ticktime).
     public var netTicktime: Int
+    /// Client bytes that may wait between the reactors and the distribution thread (`DistQueue`).
+    public var distQueueLimit: Int
 
-    public init(name: String, host: String, cookie: String, distPort: Int, threads: Int, netTicktime: Int) {
+    public init(name: String, host: String, cookie: String, distPort: Int, threads: Int, netTicktime: Int,
+                distQueueLimit: Int = 64 << 20) {
+        self.distQueueLimit = distQueueLimit
         self.name = name
         self.host = host
         self.cookie = cookie
@@ -49,14 +53,15 @@ public enum Server {
         let inline = configuration.threads == 1
         let output = try Mailbox<ReactorOutput>(signalling: !inline)
         let limiter = HandshakeLimiter()
+        let distQueue = DistQueue(limit: configuration.distQueueLimit)
         var reactors: [Reactor] = []
         for index in 0..<configuration.threads {
             reactors.append(try Reactor(index: index, output: output, counters: counters, limiter: limiter,
-                                        inline: inline, logger: logger))
+                                        distQueue: distQueue, inline: inline, logger: logger))
         }
         for reactor in reactors { reactor.siblings = reactors }
         let link = try DistributionLink(node: node, reactors: reactors, inline: inline ? reactors.first : nil,
-                                        output: output, counters: counters,
+                                        output: output, distQueue: distQueue, counters: counters,
                                         netTicktimeSeconds: configuration.netTicktime, logger: logger)
         if !inline {
             for reactor in reactors {

@@ -43,6 +43,9 @@ struct Megaphone: ParsableCommand {
     @Option(help: "Seconds without traffic after which a connected Erlang node counts as gone (its net_ticktime).")
     var netTicktime: Int = 60
 
+    @Option(help: "Bytes of client input that may wait for the distribution link before the node stops reading client sockets.")
+    var distQueueLimit: Int = 64 << 20
+
     func validate() throws {
         guard !name.isEmpty, name.utf8.count <= 200,
               name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "-") })
@@ -55,6 +58,7 @@ struct Megaphone: ParsableCommand {
             throw ValidationError("--threads must be 1...\(Reactor_maxReactors)")
         }
         guard netTicktime > 0 else { throw ValidationError("--net-ticktime must be positive") }
+        guard distQueueLimit >= 65_536 else { throw ValidationError("--dist-queue-limit must be at least 65536") }
     }
 
     func run() throws {
@@ -71,7 +75,8 @@ struct Megaphone: ParsableCommand {
             cookie: try readCookie(),
             distPort: distPort,
             threads: threads ?? max(1, Int(sysconf(CInt(_SC_NPROCESSORS_ONLN)))),
-            netTicktime: netTicktime
+            netTicktime: netTicktime,
+            distQueueLimit: distQueueLimit
         )
         // Failures (NodeError, SystemError, StartupError) print as one "Error: ..." line and exit 1.
         try Server.run(configuration, logger: logger)

@@ -79,6 +79,15 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str = "condition",
         time.sleep(interval)
 
 
+def vm_rss(pid: int) -> int:
+    """Resident set size of a process, in bytes (VmRSS in /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise HarnessError(f"no VmRSS for pid {pid}")
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago (bound to port 0, then released)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -906,9 +915,11 @@ class MegaphoneNode:
     """The real `megaphone` binary, registered in epmd as NAME@localhost."""
 
     def __init__(self, base_dir: Path, cookie: str, helper: ErlHelper, *, name: str | None = None,
-                 binary: Path = MEGAPHONE_BIN, log_level: str = "info", threads: int | None = None):
+                 binary: Path = MEGAPHONE_BIN, log_level: str = "info", threads: int | None = None,
+                 extra_args: Iterable[str] = ()):
         self.name = name or unique("mpit_mp_")
         self.threads = threads
+        self.extra_args = list(extra_args)
         self.node = f"{self.name}@localhost"
         self.dir = Path(base_dir) / self.name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -941,7 +952,7 @@ class MegaphoneNode:
             self.proc = subprocess.Popen(
                 [str(self.binary), "--name", self.name, "--host", "localhost",
                  "--cookie-file", str(self.cookie_file), "--log-level", self.log_level]
-                + (["--threads", str(self.threads)] if self.threads else []),
+                + (["--threads", str(self.threads)] if self.threads else []) + self.extra_args,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.dir, start_new_session=True)
         try:
             wait_for(lambda: self.name in epmd_names() or
@@ -988,6 +999,9 @@ class MegaphoneNode:
 
     def fd_count(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def rss_bytes(self) -> int:
+        return vm_rss(self.pid)
 
     def sighup(self) -> None:
         """SIGHUP, by PID: the node reloads its certificate."""

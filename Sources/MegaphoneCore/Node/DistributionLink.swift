@@ -36,6 +36,7 @@ public final class DistributionLink {
     private let reactors: [Reactor]
     private let output: Mailbox<ReactorOutput>
     private let inline: Reactor?
+    private let distQueue: DistQueue
     private let counters: Counters
     private let logger: Logger
     private let netTicktimeMillis: Int64
@@ -63,7 +64,9 @@ public final class DistributionLink {
     /// starting other threads so they inherit the mask) and reads them from a signalfd instead.
     /// `inline`: a reactor without a thread of its own, run by this thread between its own work.
     public init(node: CNode, reactors: [Reactor], inline: Reactor? = nil, output: Mailbox<ReactorOutput>,
-                counters: Counters, netTicktimeSeconds: Int, logger: Logger) throws(SystemError) {
+                distQueue: DistQueue, counters: Counters, netTicktimeSeconds: Int,
+                logger: Logger) throws(SystemError) {
+        self.distQueue = distQueue
         self.node = node
         self.reactors = reactors
         self.inline = inline
@@ -422,7 +425,11 @@ public final class DistributionLink {
             e.tuple(3)
             e.atom(tag)
             e.raw(ref)
-            let values = self.counters.snapshot()
+            let values = self.counters.snapshot() + [
+                ("dist_queue_bytes", self.distQueue.queuedBytes),
+                ("dist_queue_peak", self.distQueue.peakBytes),
+                ("reads_paused", self.distQueue.pausedReadCount),
+            ]
             e.map(values.count + 3)
             e.atom("node")
             e.atom(self.node.nodeName)
@@ -475,11 +482,15 @@ public final class DistributionLink {
             switch item {
             case .send(let to, let event):
                 send(to: to, event)
+                if case .data(_, let bytes) = event { distQueue.taken(bytes.count) }
             case .drained(let index):
                 guard !finishing, shutdown != nil else { continue }
                 shutdown?.drained.insert(index)
                 if shutdown?.drained.count == reactors.count { finishShutdown() }
             }
+        }
+        if distQueue.shouldResume() {
+            for reactor in reactors { reactor.commands.post(.resumeReads) }
         }
     }
 

@@ -51,6 +51,9 @@ public final class Reactor: @unchecked Sendable {
     /// `send_data` bytes of the current command batch, by ConnId, and the order they came in.
     private var coalesced: [UInt64: [UInt8]] = [:]
     private var coalescedOrder: [UInt64] = []
+    /// Armed connections left unread while the distribution queue was full, until `.resumeReads`.
+    private var starved: Set<UInt64> = []
+    let distQueue: DistQueue
     private var shuttingDown = false
     private var running = true
     private let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: 256)
@@ -70,7 +73,9 @@ public final class Reactor: @unchecked Sendable {
     /// `inline`: the reactor has no thread of its own; the distribution thread calls `runOnce`, so
     /// its commands need no eventfd.
     init(index: Int, output: Mailbox<ReactorOutput>, counters: Counters,
-         limiter: HandshakeLimiter = HandshakeLimiter(), inline: Bool = false, logger: Logger) throws(SystemError) {
+         limiter: HandshakeLimiter = HandshakeLimiter(), distQueue: DistQueue = DistQueue(limit: 64 << 20),
+         inline: Bool = false, logger: Logger) throws(SystemError) {
+        self.distQueue = distQueue
         precondition(index >= 0 && index < Self.maxReactors, "reactor index out of range")
         self.index = index
         self.output = output
@@ -227,6 +232,13 @@ public final class Reactor: @unchecked Sendable {
                     continue
                 }
                 beginClose(fd, reason: .requested, notify: false)
+            case .resumeReads:
+                let ids = starved
+                starved.removeAll(keepingCapacity: true)
+                for id in ids {
+                    guard let fd = establishedFD(of: id), table[fd].flags.contains(.armed) else { continue }
+                    serve(fd)
+                }
             case .nodeDown(let node):
                 sendAllCoalesced()
                 for fd in table.liveFDs where recipient(of: table[fd]).node == node {
@@ -478,6 +490,10 @@ public final class Reactor: @unchecked Sendable {
             return
         }
         guard table[fd].flags.contains(.readable) else { return }
+        guard distQueue.mayRead() else {
+            starved.insert(id)
+            return
+        }
         let buffer = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<config.maxChunk])
         // One read() returns all the socket holds, but SSL_read returns one TLS record: fill the chunk
         // from as many records as are there, so that a TLS client's bytes reach ejabberd in chunks as
@@ -569,6 +585,7 @@ public final class Reactor: @unchecked Sendable {
 
     private func deliver(_ fd: CInt, _ chunk: [UInt8]) {
         table[fd].flags.remove(.armed)
+        distQueue.added(chunk.count)
         counters.chunksDelivered.add(1, ordering: .relaxed)
         emit(to: table[fd].owner, .data(connID: table[fd].connID, bytes: chunk))
     }

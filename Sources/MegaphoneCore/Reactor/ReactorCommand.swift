@@ -38,6 +38,8 @@ public enum ReactorCommand: Sendable {
     case putData(replyTo: PidRef?, connID: UInt64, bytes: [UInt8])
     case sendData(connID: UInt64, bytes: [UInt8])
     case close(connID: UInt64)
+    /// The distribution queue has drained: read the sockets left unread while it was full.
+    case resumeReads
     /// The distribution link to this node is gone: close the connections its processes own.
     case nodeDown(node: UInt16)
     /// Stop accepting, flush and close everything telling the owners, then report `.drained`.

@@ -17,9 +17,10 @@ final class ReactorHarness {
     static let controller = PidRef(node: 1, num: 10, serial: 0, creation: 1)
     static let owner = PidRef(node: 1, num: 20, serial: 0, creation: 1)
 
-    init(_ configure: (inout StartOptions) -> Void = { _ in }) throws {
+    init(distQueue: DistQueue = DistQueue(limit: 64 << 20), _ configure: (inout StartOptions) -> Void = { _ in }) throws {
         output = try Mailbox()
-        reactor = try Reactor(index: 3, output: output, counters: counters, logger: Logger(label: "test"))
+        reactor = try Reactor(index: 3, output: output, counters: counters, distQueue: distQueue,
+                              logger: Logger(label: "test"))
         var options = StartOptions()
         configure(&options)
         listener = try Listener(ListenerSpec(transport: .tcp, ip: .loopbackIPv4, port: 0))
@@ -99,6 +100,36 @@ struct ReactorTests {
             #expect(h.event(within: 100) { if case .data = $0 { true } else { false } } == nil)
         }
         #expect(collected.count == 10)
+    }
+
+    @Test func aFullDistributionQueueStopsReadsUntilItDrains() throws {
+        let queue = DistQueue(limit: 8)
+        let h = try ReactorHarness(distQueue: queue) { $0.maxChunk = 8 }
+        let (a, idA) = try h.connect()
+        defer { close(a) }
+        let (b, idB) = try h.connect()
+        defer { close(b) }
+        send(a, "aaaaaaaa")
+        h.reactor.commands.post(.getData(owner: ReactorHarness.owner, connID: idA))
+        #expect(h.event { if case .data(idA, _) = $0 { true } else { false } } != nil)
+        #expect(queue.queuedBytes == 8)
+        // The queue is full (nobody took the chunk off): B's bytes stay in the kernel.
+        send(b, "bbbb")
+        h.reactor.commands.post(.getData(owner: ReactorHarness.owner, connID: idB))
+        #expect(h.event(within: 300) { if case .data(idB, _) = $0 { true } else { false } } == nil)
+        #expect(queue.pausedReadCount >= 1)
+        #expect(!queue.shouldResume())
+        // The distribution thread sends A's chunk, sees the queue drained and lets B be read.
+        queue.taken(8)
+        #expect(queue.shouldResume())
+        #expect(!queue.shouldResume())
+        h.reactor.commands.post(.resumeReads)
+        guard case (_, .data(_, let bytes))? = h.event({ if case .data(idB, _) = $0 { true } else { false } }) else {
+            Issue.record("B was not read after resumeReads")
+            return
+        }
+        #expect(String(decoding: bytes, as: UTF8.self) == "bbbb")
+        #expect(queue.peakBytes == 8)
     }
 
     @Test func injectedBytesComeBeforeUnreadSocketBytes() throws {

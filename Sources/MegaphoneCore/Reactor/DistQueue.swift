@@ -1,0 +1,62 @@
+import Synchronization
+
+/// The client bytes on their way from the reactors to the distribution thread, with a bound.
+///
+/// A reactor adds a chunk when it hands one over; the distribution thread takes it off once the chunk
+/// is written to (or dropped for) its node. Past `limit` the reactors read no client socket: the bytes
+/// stay in the kernel, whose windows push back on the clients, until the distribution thread has
+/// brought the queue under half the limit and asks them to go on (`ReactorCommand.resumeReads`).
+/// This is what holds when ejabberd, or the link to it, is slower than the clients.
+public final class DistQueue: Sendable {
+    public let limit: Int
+    private let bytes = Atomic<Int>(0)
+    private let peak = Atomic<Int>(0)
+    /// Set by a reactor that left a socket unread; cleared by the `resumeReads` it leads to.
+    private let starving = Atomic<Bool>(false)
+    /// How many times a reactor left an armed socket unread because the queue was full.
+    let pausedReads = Atomic<Int>(0)
+
+    public init(limit: Int) {
+        precondition(limit > 0, "the queue limit must be positive")
+        self.limit = limit
+    }
+
+    public var queuedBytes: Int { bytes.load(ordering: .relaxed) }
+    /// The most bytes ever queued: at most `limit` plus one chunk per reactor.
+    public var peakBytes: Int { peak.load(ordering: .relaxed) }
+    public var pausedReadCount: Int { pausedReads.load(ordering: .relaxed) }
+
+    /// Reactor: a chunk of `n` bytes was handed over.
+    func added(_ n: Int) {
+        let now = bytes.add(n, ordering: .relaxed).newValue
+        var seen = peak.load(ordering: .relaxed)
+        while now > seen {
+            let (exchanged, original) = peak.compareExchange(expected: seen, desired: now, ordering: .relaxed)
+            if exchanged { break }
+            seen = original
+        }
+    }
+
+    /// Distribution thread: a chunk of `n` bytes left (sent, or dropped with its node).
+    func taken(_ n: Int) {
+        bytes.subtract(n, ordering: .relaxed)
+    }
+
+    /// Reactor, before reading a client socket. `starving` is set before the second look, so the
+    /// distribution thread, which looks at the bytes after clearing it, cannot miss a reactor that
+    /// stopped: either it sees the flag, or the reactor sees the bytes it took off.
+    func mayRead() -> Bool {
+        if bytes.load(ordering: .relaxed) < limit { return true }
+        starving.store(true, ordering: .sequentiallyConsistent)
+        if bytes.load(ordering: .sequentiallyConsistent) < limit { return true }
+        pausedReads.add(1, ordering: .relaxed)
+        return false
+    }
+
+    /// Distribution thread, after each batch: true once when stopped reactors should read again.
+    func shouldResume() -> Bool {
+        guard starving.load(ordering: .sequentiallyConsistent),
+              bytes.load(ordering: .sequentiallyConsistent) < limit / 2 else { return false }
+        return starving.exchange(false, ordering: .sequentiallyConsistent)
+    }
+}
