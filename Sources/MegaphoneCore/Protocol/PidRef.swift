@@ -24,13 +24,19 @@ public struct PidRef: Hashable, Sendable {
 public final class NodeNames {
     private var names: [String] = [""]
     private var indexes: [String: UInt16] = [:]
+    /// Nearly every pid in a request names the same node as the one before: compare, don't hash.
+    private var last: (name: String, index: UInt16)? = nil
 
     public init() {}
 
     /// The index for `name`, adding it on first sight. Past 65,535 distinct names the table is full and
     /// pids of new nodes are refused (nil).
     public func intern(_ name: String) -> UInt16? {
-        if let index = indexes[name] { return index }
+        if let last, last.name == name { return last.index }
+        if let index = indexes[name] {
+            last = (name, index)
+            return index
+        }
         guard names.count <= Int(UInt16.max) else { return nil }
         let index = UInt16(names.count)
         names.append(name)
