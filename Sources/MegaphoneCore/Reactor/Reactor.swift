@@ -504,7 +504,11 @@ public final class Reactor: @unchecked Sendable {
             switch readSome(fd, into: UnsafeMutableRawBufferPointer(rebasing: buffer[filled...])) {
             case .data(let n):
                 filled += n
-                if table[fd].tls == nil { break fill }
+                guard table[fd].tls == nil else { continue fill }
+                // A short read emptied the socket. Edge-triggered epoll reports every later arrival,
+                // so the next get_data waits for EPOLLIN instead of spending a read() on EAGAIN.
+                if filled < buffer.count { table[fd].flags.remove(.readable) }
+                break fill
             case .wouldBlock:
                 table[fd].flags.remove(.readable)
                 break fill
