@@ -137,8 +137,11 @@ public final class DistributionLink {
             }
             if let inline, inline.isRunning {
                 // What the peers asked for is done in the same turn, and what it produced is sent in it.
-                inline.runOnce(timeout: 0)
-                handleReactorOutput()
+                let ready = n > 0 && fds[firstPeer - 1].revents != 0
+                if ready || inline.hasUnsignalledCommands || inline.needsTimer {
+                    inline.runOnce(timeout: 0, pollEvents: ready)
+                    handleReactorOutput()
+                }
             }
             flushPeers()
             let now = monotonicMillis()

@@ -137,16 +137,18 @@ public final class Reactor: @unchecked Sendable {
 
     /// One turn: waits up to `timeout` ms (-1: forever) for I/O and commands, handles them, runs the
     /// timers and posts what it has for the distribution thread.
-    public func runOnce(timeout: CInt) {
+    /// `pollEvents: false` skips epoll_wait, for a caller whose poll() saw `pollFD` quiet.
+    public func runOnce(timeout: CInt, pollEvents: Bool = true) {
         guard running else { return }
         let capacity: CInt = 256
         if !commands.signalling && !commands.isEmpty { handleCommands() }
-        let n: Int
-        do {
-            n = try Epoll.epoll_wait(epfd: epfd, events: events, maxevents: capacity, timeout: timeout)
-        } catch {
-            logger.error("epoll_wait failed", metadata: ["error": "\(error)"])
-            n = 0
+        var n = 0
+        if pollEvents {
+            do {
+                n = try Epoll.epoll_wait(epfd: epfd, events: events, maxevents: capacity, timeout: timeout)
+            } catch {
+                logger.error("epoll_wait failed", metadata: ["error": "\(error)"])
+            }
         }
         for i in 0..<n {
             let ev = events[i]
