@@ -47,9 +47,11 @@ public enum Server {
         let counters = Counters()
         let output = try Mailbox<ReactorOutput>()
         let limiter = HandshakeLimiter()
+        let addresses = AddressLimiter()
         var reactors: [Reactor] = []
         for index in 0..<configuration.threads {
-            reactors.append(try Reactor(index: index, output: output, counters: counters, limiter: limiter, logger: logger))
+            reactors.append(try Reactor(index: index, output: output, counters: counters, limiter: limiter,
+                                        addresses: addresses, logger: logger))
         }
         for reactor in reactors { reactor.siblings = reactors }
         let link = try DistributionLink(node: node, reactors: reactors, output: output, counters: counters,
