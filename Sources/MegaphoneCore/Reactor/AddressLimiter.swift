@@ -76,7 +76,7 @@ public final class AddressLimiter: Sendable {
         var free: [UInt32] = []
         /// Entries with no open connection, kept for their bucket.
         var idle = 0
-        var lastSweep: Int64 = .min
+        var lastSweep: Int64 = -1_000_000
     }
 
     private let state = Mutex(State())
@@ -143,7 +143,8 @@ public final class AddressLimiter: Sendable {
                     s.lastSweep = now
                     Self.sweep(&s, now: now, rate: rate)
                 }
-                if s.idle > maxIdleEntries && s.entries[i].live { Self.remove(&s, handle) }
+                // A sweep that emptied the table also shrank it.
+                if s.idle > maxIdleEntries && i < s.entries.count && s.entries[i].live { Self.remove(&s, handle) }
             }
         }
     }
