@@ -728,7 +728,15 @@ public final class Reactor: @unchecked Sendable {
 
     private func closeConnection(_ fd: CInt, reason: CloseReason, notify event: Event?) {
         guard let slot = table.remove(fd: fd) else { return }
-        closing[slot.connID] = nil
+        var reason = reason
+        var event = event
+        // A limit's close that ends early (the client hangs up or resets while its stream error is
+        // flushed) still counts as that limit, and tells the owner nothing more than it was told.
+        if let state = closing.removeValue(forKey: slot.connID),
+           state.reason == .sendQueueFull || state.reason == .streamHeaderTimeout {
+            reason = state.reason
+            if !state.notify { event = nil }
+        }
         headerWatch[slot.connID] = nil
         if let handshake = handshakes.removeValue(forKey: slot.connID) { limiter.release(handshake.ip) }
         addresses.release(slot.address, now: monotonicMillis(), rate: config?.connectionRate)
