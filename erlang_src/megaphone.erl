@@ -80,6 +80,9 @@
 -type opt() :: {listen, [listener()]}
              | {certfile, file:filename_all()}
              | {max_connections, pos_integer() | infinity}
+             | {max_connections_per_ip, pos_integer() | infinity}
+             | {connection_rate_per_ip, {pos_integer(), pos_integer()} | infinity}
+             | {stream_header_timeout, pos_integer() | infinity}
              | {max_chunk, pos_integer()}
              | {send_queue_limit, pos_integer()}
              | {input_buffer_limit, pos_integer()}
@@ -89,9 +92,19 @@
 %% <li>`certfile': PEM certificate chain and key, for `starttls' and `tls';</li>
 %% <li>`max_connections': clients past this are closed at once (default
 %%     `infinity');</li>
+%% <li>`max_connections_per_ip': open connections one client address (IPv4,
+%%     or IPv6 /64) may have; more are closed at once (default `infinity');</li>
+%% <li>`connection_rate_per_ip': `{Count, PeriodMs}', new connections one
+%%     address may open per period, a token bucket (default `infinity');</li>
+%% <li>`stream_header_timeout': milliseconds an announced connection may take
+%%     to send a complete XMPP stream header; then it gets a
+%%     `connection-timeout' stream error and is closed (default `infinity':
+%%     the node moves any bytes; an XMPP controller sets it);</li>
 %% <li>`max_chunk': the largest `{tcp, ConnId, Binary}' (default 64 KiB);</li>
-%% <li>`send_queue_limit': bytes queued for one client before the node closes
-%%     it and tells the owner `{tcp_error, ConnId, send_queue_full}';</li>
+%% <li>`send_queue_limit': bytes queued for one client; data that would go
+%%     past it is dropped, the owner is told `{tcp_error, ConnId,
+%%     send_queue_full}', and the client gets a `policy-violation' stream
+%%     error after what is queued, then is closed;</li>
 %% <li>`input_buffer_limit': bytes held for one client before `get_data'
 %%     takes them (`put_data' past it is refused);</li>
 %% <li>`controller': who gets `megaphone_connect' (default: the caller of

@@ -54,6 +54,8 @@
         {name                 :: node(),
          listeners = []       :: [listener()],
          max_connections      :: pos_integer() | infinity,
+         %% The per-node limits at the edge, as `start' options.
+         limits = []          :: [{atom(), term()}],
          status = connecting  :: node_status(),
          start_ref            :: reference() | undefined,
          sessions = 0         :: non_neg_integer()}).
@@ -70,6 +72,16 @@
 %% How long the Megaphone node may take to answer `start'.
 -define(START_TIMEOUT, 10000).
 
+%% The node's `closed' reasons that are refusals or limits, summed as
+%% `refused' in status/0.
+-define(REFUSALS, [max_connections, emfile, max_connections_per_ip, connection_rate_per_ip,
+                   stream_header_timeout, send_queue_full, handshake_timeout, handshake_limit,
+                   starttls_refused]).
+
+%% The limits at the edge that can be set per node, with the module-level
+%% option as the default.
+-define(NODE_LIMITS, [max_connections_per_ip, connection_rate_per_ip, stream_header_timeout]).
+
 %%====================================================================
 %% API
 %%====================================================================
@@ -77,10 +89,14 @@
 %% Each configured Megaphone node with its state and, once started, its
 %% counters. The counters are asked from the nodes by the caller, so a slow
 %% node cannot block the gen_server.
+%% `refused' sums the node's refusals and limit closes (the `closed' reasons
+%% in ?REFUSALS); `closed' is the node's whole map.
 -spec status() -> [#{node := node(), status := node_status(), sessions := non_neg_integer(),
                      connections := non_neg_integer() | undefined,
                      bytes_in := non_neg_integer() | undefined,
-                     bytes_out := non_neg_integer() | undefined}].
+                     bytes_out := non_neg_integer() | undefined,
+                     refused := non_neg_integer() | undefined,
+                     closed := #{atom() => non_neg_integer()}}].
 status() ->
     Nodes = try gen_server:call(?MODULE, nodes, 5000)
             catch exit:{noproc, _} -> []
@@ -97,16 +113,32 @@ status() ->
          #{node => Name, status => Status, sessions => Sessions,
            connections => maps:get(connections, Stats, undefined),
            bytes_in => maps:get(bytes_in, Stats, undefined),
-           bytes_out => maps:get(bytes_out, Stats, undefined)}
+           bytes_out => maps:get(bytes_out, Stats, undefined),
+           refused => refused(Stats),
+           closed => maps:get(closed, Stats, #{})}
      end || {Name, Status, Sessions} <- Nodes].
 
-%% The `ejabberdctl megaphone_status' command: one line per node.
--spec megaphone_status() -> [{binary(), atom(), integer(), integer(), integer(), integer()}].
+refused(#{closed := Closed}) ->
+    lists:sum([maps:get(R, Closed, 0) || R <- ?REFUSALS]);
+refused(_) ->
+    undefined.
+
+%% The `ejabberdctl megaphone_status' command: one line per node. The last
+%% column names each non-zero refusal count, e.g.
+%% `max_connections_per_ip=3 send_queue_full=1'.
+-spec megaphone_status() -> [{binary(), atom(), integer(), integer(), integer(), integer(),
+                              integer(), binary()}].
 megaphone_status() ->
     [{atom_to_binary(Node, utf8), Status, Sessions, undefined_to_zero(Conns),
-      undefined_to_zero(In), undefined_to_zero(Out)}
+      undefined_to_zero(In), undefined_to_zero(Out), undefined_to_zero(Refused),
+      refusal_text(Closed)}
      || #{node := Node, status := Status, sessions := Sessions, connections := Conns,
-          bytes_in := In, bytes_out := Out} <- status()].
+          bytes_in := In, bytes_out := Out, refused := Refused, closed := Closed} <- status()].
+
+refusal_text(Closed) ->
+    iolist_to_binary(
+      lists:join(" ", [io_lib:format("~ts=~b", [R, N])
+                       || R <- ?REFUSALS, (N = maps:get(R, Closed, 0)) > 0])).
 
 %%====================================================================
 %% gen_mod callbacks
@@ -147,13 +179,22 @@ mod_opt_type(nodes) ->
       econf:atom(),
       econf:options(
         #{listen => listen_validator(),
-          max_connections => econf:pos_int(infinity)},
+          max_connections => econf:pos_int(infinity),
+          max_connections_per_ip => econf:pos_int(infinity),
+          connection_rate_per_ip => rate_validator(),
+          stream_header_timeout => econf:timeout(second, infinity)},
         [{return, map}, unique]),
       [{return, map}]);
 mod_opt_type(listen) ->
     listen_validator();
 mod_opt_type(max_connections) ->
     econf:pos_int(infinity);
+mod_opt_type(max_connections_per_ip) ->
+    econf:pos_int(infinity);
+mod_opt_type(connection_rate_per_ip) ->
+    rate_validator();
+mod_opt_type(stream_header_timeout) ->
+    econf:timeout(second, infinity);
 mod_opt_type(access) ->
     econf:acl();
 mod_opt_type(shaper) ->
@@ -179,6 +220,9 @@ mod_options(_Host) ->
     [{nodes, #{}},
      {listen, []},
      {max_connections, infinity},
+     {max_connections_per_ip, 1000},
+     {connection_rate_per_ip, infinity},
+     {stream_header_timeout, timer:seconds(10)},
      {access, undefined},
      {shaper, undefined},
      {max_stanza_size, undefined},
@@ -203,9 +247,10 @@ mod_doc() ->
           [{nodes,
             #{value => "{Node: Options}",
               desc =>
-                  ["The Megaphone nodes to attach, each with its own 'listen' "
-                   "and 'max_connections'; where a node leaves one out, the "
-                   "module-level option applies."]}},
+                  ["The Megaphone nodes to attach, each with its own 'listen', "
+                   "'max_connections', 'max_connections_per_ip', "
+                   "'connection_rate_per_ip' and 'stream_header_timeout'; where a "
+                   "node leaves one out, the module-level option applies."]}},
            {listen,
             #{value => "[Listener]",
               desc =>
@@ -217,6 +262,24 @@ mod_doc() ->
            {max_connections,
             #{value => "pos_integer() | infinity",
               desc => ["Most client connections one Megaphone node holds."]}},
+           {max_connections_per_ip,
+            #{value => "pos_integer() | infinity",
+              desc => ["Most open connections one client address (an IPv4 address, "
+                       "or an IPv6 /64) may have on one Megaphone node; more are "
+                       "closed at once. The default is 1000: generous, because "
+                       "carrier-grade NAT puts many users behind one address."]}},
+           {connection_rate_per_ip,
+            #{value => "{count: N, period: timeout()} | infinity",
+              desc => ["New connections one client address may open per period on "
+                       "one Megaphone node (a token bucket: N at once, then N per "
+                       "period); more are closed at once. The default is 'infinity'."]}},
+           {stream_header_timeout,
+            #{value => "timeout()",
+              desc => ["How long a client may take, once connected (after TLS, "
+                       "if any), to send a complete stream header; then it gets a "
+                       "'connection-timeout' stream error and is closed. ejabberd's "
+                       "'negotiation_timeout' (30 seconds) still bounds the whole "
+                       "login. The default is 10 seconds."]}},
            {access,
             #{value => "AccessName",
               desc => ["As the c2s listener option; by default that of the first "
@@ -349,14 +412,29 @@ get_commands_spec() ->
         desc = "Show the Megaphone nodes attached to this node",
         longdesc = "One line per configured Megaphone node: its name, its state "
                    "(connecting, starting, started), the sessions started through it, "
-                   "and the node's own count of open connections and bytes in and out.",
+                   "the node's own count of open connections and bytes in and out, "
+                   "and the connections its limits refused or closed (max_connections, "
+                   "max_connections_per_ip, connection_rate_per_ip, stream_header_timeout, "
+                   "send_queue_full, TLS handshake limits), in total and by limit.",
         module = ?MODULE, function = megaphone_status,
         args = [],
-        result_desc = "Node, state, sessions, connections, bytes in, bytes out",
-        result_example = [{<<"megaphone@localhost">>, started, 2, 2, 1024, 4096}],
+        result_desc = "Node, state, sessions, connections, bytes in, bytes out, "
+                      "refused (connections refused or closed by a limit), and which limits",
+        result_example = [{<<"megaphone@localhost">>, started, 2, 2, 1024, 4096, 3,
+                           <<"max_connections_per_ip=2 stream_header_timeout=1">>}],
         result = {nodes, {list, {node, {tuple, [{name, string}, {state, atom},
                                                {sessions, integer}, {connections, integer},
-                                               {bytes_in, integer}, {bytes_out, integer}]}}}}}].
+                                               {bytes_in, integer}, {bytes_out, integer},
+                                               {refused, integer}, {refusals, string}]}}}}}].
+
+%% `{count: N, period: Seconds}' -> `{N, Milliseconds}', as `start' takes it.
+rate_validator() ->
+    econf:either(
+      econf:enum([infinity]),
+      econf:and_then(
+        econf:options(#{count => econf:pos_int(), period => econf:timeout(second)},
+                      [{required, [count, period]}, {return, map}, unique]),
+        fun(#{count := N, period := P}) -> {N, P} end)).
 
 listen_validator() ->
     econf:list(
@@ -380,7 +458,9 @@ configure(Opts, #state{nodes = Old} = State) ->
                        #mp_node{name = Name,
                                 listeners = maps:get(listen, NodeOpts, mod_megaphone_opt(listen, Opts)),
                                 max_connections = maps:get(max_connections, NodeOpts,
-                                                           mod_megaphone_opt(max_connections, Opts))}
+                                                           mod_megaphone_opt(max_connections, Opts)),
+                                limits = [{L, maps:get(L, NodeOpts, mod_megaphone_opt(L, Opts))}
+                                          || L <- ?NODE_LIMITS]}
                end, mod_megaphone_opt(nodes, Opts)),
     case maps:size(Wanted) of
         0 -> ?WARNING_MSG("mod_megaphone has no nodes to attach: set its 'nodes' option", []);
@@ -469,10 +549,10 @@ retry_later(Node, #state{opts = Opts, nodes = Nodes} = State) ->
 -spec send_start(node(), #state{}) -> #state{}.
 send_start(Node, #state{nodes = Nodes} = State) ->
     case maps:find(Node, Nodes) of
-        {ok, #mp_node{listeners = Listeners, max_connections = Max} = MP} ->
+        {ok, #mp_node{listeners = Listeners, max_connections = Max, limits = Limits} = MP} ->
             Ref = make_ref(),
             Opts = [{listen, Listeners}, {max_connections, Max}, {controller, self()}
-                    | tls_options(State#state.opts)],
+                    | Limits ++ tls_options(State#state.opts)],
             erlang:send({megaphone, Node}, {start, self(), Ref, Opts}, [noconnect]),
             erlang:send_after(?START_TIMEOUT, self(), {start_timeout, Node, Ref}),
             State#state{nodes = Nodes#{Node => MP#mp_node{status = starting, start_ref = Ref}}};

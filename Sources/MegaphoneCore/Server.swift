@@ -54,10 +54,12 @@ public enum Server {
         let output = try Mailbox<ReactorOutput>(signalling: !inline)
         let limiter = HandshakeLimiter()
         let distQueue = DistQueue(limit: configuration.distQueueLimit)
+        let addresses = AddressLimiter()
         var reactors: [Reactor] = []
         for index in 0..<configuration.threads {
             reactors.append(try Reactor(index: index, output: output, counters: counters, limiter: limiter,
-                                        distQueue: distQueue, inline: inline, logger: logger))
+                                        addresses: addresses, distQueue: distQueue, inline: inline,
+                                        logger: logger))
         }
         for reactor in reactors { reactor.siblings = reactors }
         let link = try DistributionLink(node: node, reactors: reactors, inline: inline ? reactors.first : nil,

@@ -546,6 +546,8 @@ def _yaml_value(v: Any) -> str:
         return str(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_yaml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_yaml_value(x)}" for k, x in v.items()) + "}"
     return _yaml_str(str(v))
 
 

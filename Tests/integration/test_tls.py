@@ -592,3 +592,62 @@ def test_certificate_reload_keeps_established_connections(tls_env):
         env.reconfigure()
         wait_for(lambda: serial_seen(tls_port, env.ca) == env.pki.server.serial, 15,
                  "the original certificate back")
+
+
+# ---------------------------------------------------------------------------------------------
+# stream_header_timeout after TLS (the limits themselves: test_limits.py)
+
+async def silent_after_tls(port: int, ca: Path, starttls: bool, wait: float) -> tuple[bytes, float | None]:
+    """Finishes the TLS handshake (direct, or STARTTLS after the node's plaintext opening), then
+    says nothing. Returns what the server sent over TLS and when it closed (None: still open)."""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    if starttls:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(STREAM_HEADER)
+        got = b""
+        while b"</stream:features>" not in got:
+            got += await asyncio.wait_for(reader.read(4096), 5)
+        writer.write(STARTTLS)
+        got = b""
+        while PROCEED not in got:
+            got += await asyncio.wait_for(reader.read(4096), 5)
+        await writer.start_tls(ctx, server_hostname=XMPP_HOST)
+    else:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=XMPP_HOST)
+    t0 = time.monotonic()
+    got = b""
+    try:
+        while True:
+            chunk = await asyncio.wait_for(reader.read(4096), max(0.01, wait - (time.monotonic() - t0)))
+            if not chunk:
+                return got, time.monotonic() - t0
+            got += chunk
+    except (asyncio.TimeoutError, ConnectionResetError, ssl.SSLError):
+        return got, None if not got.endswith(b"</stream:stream>") else time.monotonic() - t0
+    finally:
+        writer.transport.abort()
+
+
+def test_stream_header_timeout_runs_after_the_handshake(tls_env):
+    """stream_header_timeout 1 s: a client silent after direct TLS or after STARTTLS gets a
+    connection-timeout stream error over TLS; the handshake itself is under handshake_timeout."""
+    env = tls_env
+    try:
+        env.reconfigure(stream_header_timeout=1)
+        before = closed_counts(env.node)
+
+        async def body():
+            for starttls, port in ((False, env.port("tls")), (True, env.port("starttls"))):
+                # the reload reaches the node shortly after reload_config returns: poll
+                deadline = time.monotonic() + 15
+                while True:
+                    got, closed_after = await silent_after_tls(port, env.ca, starttls, wait=3)
+                    if closed_after is not None or time.monotonic() > deadline:
+                        break
+                assert closed_after is not None, got
+                assert b"<connection-timeout xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in got, got
+                assert 1 - EARLY <= closed_after <= 1 + LATE, closed_after
+        run(body())
+        assert closed_delta(before, closed_counts(env.node)).get("stream_header_timeout", 0) >= 2
+    finally:
+        env.reconfigure()

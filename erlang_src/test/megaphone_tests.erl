@@ -297,10 +297,13 @@ send_queue_limit(#{node := Node}) ->
     {Sent, Reason} = flood(Node, ConnId, Chunk, 0, deadline(30000)),
     ?assertEqual(send_queue_full, Reason),
     ?assert(Sent > 1),
+    %% The client gets what is queued and a stream error for up to the flush
+    %% timeout (5 s); it reads nothing, so the timeout closes it.
     poll(fun() ->
                  {ok, S} = megaphone:stats(Node),
                  maps:get(connections, S) =:= 0
-         end, ?WAIT).
+         end, 2 * ?WAIT),
+    ?assertMatch({ok, #{closed := #{send_queue_full := 1, flush_timeout := 0}}}, megaphone:stats(Node)).
 
 %% The fixture connected with the right cookie; drop that link first.
 wrong_cookie(#{node := Node, cookie := Cookie}) ->

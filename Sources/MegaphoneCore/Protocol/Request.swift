@@ -31,6 +31,13 @@ public struct StartOptions: Equatable, Sendable {
     public var handshakeTimeoutMillis: Int = 10_000
     public var maxHandshakesPerIP: Int = 100
     public var maxConnections: Int = .max
+    /// Open connections per client address (IPv4, or IPv6 /64); `.max` is `infinity`.
+    public var maxConnectionsPerIP: Int = .max
+    /// `{Count, PeriodMs}`: new connections per client address; nil is `infinity`.
+    public var connectionRatePerIP: ConnectionRate? = nil
+    /// Close a connection that has sent no complete stream header this long after it was announced;
+    /// nil is `infinity` (the node moves any bytes; only an XMPP controller should set it).
+    public var streamHeaderTimeoutMillis: Int? = nil
     public var maxChunk: Int = 65_536
     public var sendQueueLimit: Int = 1 << 20
     public var inputBufferLimit: Int = 1 << 20
@@ -250,6 +257,30 @@ private struct RequestDecoder {
             } else {
                 options.maxConnections = try positive(&r, name)
             }
+        case "max_connections_per_ip":
+            if isAtom(r) {
+                guard (try? r.readAtom()) == "infinity" else { throw fail(.badopt(name)) }
+                options.maxConnectionsPerIP = .max
+            } else {
+                options.maxConnectionsPerIP = try positive(&r, name)
+            }
+        case "connection_rate_per_ip":
+            if isAtom(r) {
+                guard (try? r.readAtom()) == "infinity" else { throw fail(.badopt(name)) }
+                options.connectionRatePerIP = nil
+            } else {
+                guard (try? r.readTupleHeader()) == 2 else { throw fail(.badopt(name)) }
+                let count = try positive(&r, name, max: 1_000_000)
+                let period = try positive(&r, name, max: 3_600_000)
+                options.connectionRatePerIP = ConnectionRate(count: count, periodMillis: period)
+            }
+        case "stream_header_timeout":
+            if isAtom(r) {
+                guard (try? r.readAtom()) == "infinity" else { throw fail(.badopt(name)) }
+                options.streamHeaderTimeoutMillis = nil
+            } else {
+                options.streamHeaderTimeoutMillis = try positive(&r, name, max: 3_600_000)
+            }
         case "ciphers":
             guard let text = try? r.readIOData(limit: 4096), !text.isEmpty else { throw fail(.badopt(name)) }
             options.ciphers = String(decoding: text, as: UTF8.self)
@@ -275,6 +306,12 @@ private struct RequestDecoder {
         default:
             throw fail(.badopt(name))
         }
+    }
+
+    func isAtom(_ r: TermReader) -> Bool {
+        let tag = r.peekTag()
+        return tag == ExternalTag.smallAtomUTF8 || tag == ExternalTag.atomUTF8
+            || tag == ExternalTag.smallAtom || tag == ExternalTag.atom
     }
 
     func positive(_ r: inout TermReader, _ name: String, max: Int = .max) throws(RequestError) -> Int {

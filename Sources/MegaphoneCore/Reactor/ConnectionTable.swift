@@ -35,10 +35,14 @@ public struct ConnectionSlot {
     /// The process that last asked for data; `.none` until the first get_data (events go to the
     /// controller then).
     public var owner: PidRef = .none
-    /// Bumped on every reuse of the fd number; carried in epoll's user data to drop stale events.
-    public var generation: UInt32 = 0
+    /// Bumped on every reuse of the fd number; carried in epoll's user data to drop stale events. 16
+    /// bits are plenty (an fd would have to be reused 65,536 times within one epoll_wait batch) and
+    /// leave room for `address` in what was padding, so the slot stays 56 bytes.
+    public var generation: UInt16 = 0
     public var flags: Flags = []
     public var stage: Stage = .established
+    /// The client address's handle in `AddressLimiter` (0: not counted), given back when it closes.
+    public var address: UInt32 = 0
     public var inbound: ByteQueue? = nil
     public var outbound: ByteQueue? = nil
     /// The connection's `SSL *` on TLS listeners, owned by the reactor (freed when it closes).
@@ -68,7 +72,7 @@ public struct ConnectionTable {
         let generation = slots[index].generation &+ 1
         slots[index] = ConnectionSlot(connID: connID, generation: generation, flags: [.writable])
         fds[connID] = fd
-        return generation
+        return UInt32(generation)
     }
 
     /// Removes the connection on `fd` and returns what it held (its queues, for the caller to drop).

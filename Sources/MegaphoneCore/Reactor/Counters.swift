@@ -7,6 +7,9 @@ public enum CloseReason: Int, CaseIterable, Sendable {
     /// TLS: a failed handshake or TLS error; no handshake by the deadline; a STARTTLS listener's client
     /// that tried anything but STARTTLS; too many unfinished handshakes from one IP.
     case tlsError, handshakeTimeout, starttlsRefused, handshakeLimit
+    /// Limits at the edge: too many open connections from one address; connecting faster than
+    /// `connection_rate_per_ip` allows; no complete stream header within `stream_header_timeout`.
+    case maxConnectionsPerIP, connectionRate, streamHeaderTimeout
 
     /// The atom used in `stats` and logs.
     public var name: String {
@@ -24,6 +27,9 @@ public enum CloseReason: Int, CaseIterable, Sendable {
         case .handshakeTimeout: "handshake_timeout"
         case .starttlsRefused: "starttls_refused"
         case .handshakeLimit: "handshake_limit"
+        case .maxConnectionsPerIP: "max_connections_per_ip"
+        case .connectionRate: "connection_rate_per_ip"
+        case .streamHeaderTimeout: "stream_header_timeout"
         }
     }
 }

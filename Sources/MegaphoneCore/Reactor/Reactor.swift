@@ -28,6 +28,7 @@ public final class Reactor: @unchecked Sendable {
     private let output: Mailbox<ReactorOutput>
     private let counters: Counters
     private let limiter: HandshakeLimiter
+    private let addresses: AddressLimiter
     private let logger: Logger
 
     private let epfd: CInt
@@ -47,6 +48,11 @@ public final class Reactor: @unchecked Sendable {
     /// Connections not yet handed over (STARTTLS opening or TLS handshake): their deadline and the
     /// client IP whose handshake slot they hold.
     private var handshakes: [UInt64: (deadline: Int64, ip: IPAddress)] = [:]
+    /// Announced connections whose stream header has not been seen whole yet (only while
+    /// `stream_header_timeout` is set): the deadline and the bytes so far (at most
+    /// `StartTLSNegotiator.maxBytes`). An entry lives from the announcement to the header, normally a
+    /// round trip.
+    private var headerWatch: [UInt64: (deadline: Int64, seen: [UInt8])] = [:]
     private var outbox: [ReactorOutput] = []
     /// `send_data` bytes of the current command batch, by ConnId, and the order they came in.
     private var coalesced: [UInt64: [UInt8]] = [:]
@@ -67,20 +73,25 @@ public final class Reactor: @unchecked Sendable {
     /// The most reactors a process can have: the index lives in 8 bits of the ConnId.
     public static let maxReactors = 256
 
+    /// The most `send_data` bytes held for one connection within a command batch.
+    static let coalesceLimit = 64 * 1024
+
     /// Which reactor owns a connection.
     public static func reactorIndex(of connID: UInt64) -> Int { Int(connID & 0xFF) }
 
     /// `inline`: the reactor has no thread of its own; the distribution thread calls `runOnce`, so
     /// its commands need no eventfd.
     init(index: Int, output: Mailbox<ReactorOutput>, counters: Counters,
-         limiter: HandshakeLimiter = HandshakeLimiter(), distQueue: DistQueue = DistQueue(limit: 64 << 20),
-         inline: Bool = false, logger: Logger) throws(SystemError) {
+         limiter: HandshakeLimiter = HandshakeLimiter(), addresses: AddressLimiter = AddressLimiter(),
+         distQueue: DistQueue = DistQueue(limit: 64 << 20), inline: Bool = false,
+         logger: Logger) throws(SystemError) {
         self.distQueue = distQueue
         precondition(index >= 0 && index < Self.maxReactors, "reactor index out of range")
         self.index = index
         self.output = output
         self.counters = counters
         self.limiter = limiter
+        self.addresses = addresses
         var logger = logger
         logger[metadataKey: "reactor"] = "\(index)"
         self.logger = logger
@@ -129,8 +140,11 @@ public final class Reactor: @unchecked Sendable {
     /// `runOnce(timeout: 0)` has work.
     public var pollFD: CInt { epfd }
 
-    /// Whether closing connections, paused listeners or handshakes need `runOnce` at least every 250 ms.
-    public var needsTimer: Bool { !closing.isEmpty || !pausedListeners.isEmpty || !handshakes.isEmpty }
+    /// Whether closing connections, paused listeners, handshakes or header watches need `runOnce` at
+    /// least every 250 ms.
+    public var needsTimer: Bool {
+        !closing.isEmpty || !pausedListeners.isEmpty || !handshakes.isEmpty || !headerWatch.isEmpty
+    }
 
     /// Whether commands wait that no eventfd announces (an inline reactor's).
     public var hasUnsignalledCommands: Bool { !commands.signalling && !commands.isEmpty }
@@ -160,7 +174,7 @@ public final class Reactor: @unchecked Sendable {
                 if let listener = listeners[Token.fd(data)] { accept(from: listener) }
             case _:
                 let fd = Token.fd(data)
-                guard table.contains(fd: fd), table[fd].generation & 0xFF_FFFF == Token.generation(data) else { continue }
+                guard table.contains(fd: fd), UInt32(table[fd].generation) == Token.generation(data) else { continue }
                 handleIO(fd, events: ev.events)
             }
         }
@@ -220,12 +234,19 @@ public final class Reactor: @unchecked Sendable {
                 putData(replyTo: replyTo, connID: id, bytes: bytes)
             case .sendData(let id, let bytes):
                 // Held to the end of the batch: a session's stanzas that came in one distribution
-                // read leave in one write() (for TLS, one record).
-                if coalesced[id] == nil {
+                // read leave in one write() (for TLS, one record). Past `coalesceLimit` what is held
+                // goes first, so a flood meets the send queue limit (and its cheap drop) at once.
+                guard let fd = establishedFD(of: id) else {
+                    counters.unknownConnection.add(1, ordering: .relaxed)
+                    continue
+                }
+                guard !table[fd].flags.contains(.closing) else { continue }
+                if let held = coalesced[id]?.count, held + bytes.count <= Self.coalesceLimit {
+                    coalesced[id]?.append(contentsOf: bytes)
+                } else {
+                    sendCoalesced(id)
                     coalesced[id] = bytes
                     coalescedOrder.append(id)
-                } else {
-                    coalesced[id]?.append(contentsOf: bytes)
                 }
             case .close(let id):
                 sendCoalesced(id)
@@ -233,6 +254,8 @@ public final class Reactor: @unchecked Sendable {
                     counters.unknownConnection.add(1, ordering: .relaxed)
                     continue
                 }
+                // Already closing (send queue full, header timeout): that close stands.
+                guard !table[fd].flags.contains(.closing) else { continue }
                 beginClose(fd, reason: .requested, notify: false)
             case .resumeReads:
                 let ids = starved
@@ -374,14 +397,30 @@ public final class Reactor: @unchecked Sendable {
             counters.closed(.clientError)
             return
         }
+        let now = monotonicMillis()
+        let address: UInt32
+        switch addresses.admit(peer.ip, now: now, maxPerIP: config.maxConnectionsPerIP, rate: config.connectionRate) {
+        case .admitted(let handle):
+            address = handle
+        case .refused(let refusal):
+            let reason: CloseReason = refusal == .tooMany ? .maxConnectionsPerIP : .connectionRate
+            counters.connections.subtract(1, ordering: .relaxed)
+            load.subtract(1, ordering: .relaxed)
+            counters.closed(reason)
+            closeFD(fd)
+            logger.debug("Refused connection: per-address limit", metadata: ["peer": "\(peer)", "reason": "\(reason.name)"])
+            return
+        }
         let id = nextSequence << 8 | UInt64(index)
         nextSequence += 1
         let generation = table.insert(fd: fd, connID: id)
+        table[fd].address = address
         do {
             try Epoll.add(epfd: epfd, fd: fd, events: Epoll.in | Epoll.out | Epoll.rdhup | Epoll.edgeTriggered,
                           data: Token.connection(fd, generation))
         } catch {
             table.remove(fd: fd)
+            addresses.release(address, now: now, rate: config.connectionRate)
             counters.connections.subtract(1, ordering: .relaxed)
             load.subtract(1, ordering: .relaxed)
             closeFD(fd)
@@ -393,6 +432,7 @@ public final class Reactor: @unchecked Sendable {
         logger.debug("Accepted connection", metadata: ["connection.id": "\(id)", "peer": "\(peer)"])
         switch listener.bound.transport {
         case .tcp:
+            watchHeader(id, now: now, config: config)
             emit(to: config.controller, .connected(connID: id, peer: peer, local: local, transport: .tcp))
         case .tls, .starttls:
             guard let context = config.tls else {
@@ -592,6 +632,7 @@ public final class Reactor: @unchecked Sendable {
     private func deliver(_ fd: CInt, _ chunk: [UInt8]) {
         table[fd].flags.remove(.armed)
         distQueue.added(chunk.count)
+        if !headerWatch.isEmpty { lookForHeader(table[fd].connID, in: chunk) }
         counters.chunksDelivered.add(1, ordering: .relaxed)
         emit(to: table[fd].owner, .data(connID: table[fd].connID, bytes: chunk))
     }
@@ -651,11 +692,67 @@ public final class Reactor: @unchecked Sendable {
         guard written < bytes.count else { return }
         let queue = table[fd].outbound ?? ByteQueue()
         table[fd].outbound = queue
-        queue.append(written == 0 ? bytes : Array(bytes[written...]))
-        if queue.count > config.sendQueueLimit {
-            logger.debug("Send queue full", metadata: ["connection.id": "\(id)", "queued": "\(queue.count)"])
-            closeConnection(fd, reason: .sendQueueFull, notify: .error(connID: id, reason: "send_queue_full"))
+        guard queue.count + (bytes.count - written) <= config.sendQueueLimit else {
+            overflow(fd, queue: queue)
+            return
         }
+        queue.append(written == 0 ? bytes : Array(bytes[written...]))
+    }
+
+    /// The client does not take its output fast enough: the send queue would pass `send_queue_limit`.
+    /// The data that does not fit is dropped, an XMPP stream error is queued after what is already
+    /// there, the owner is told `send_queue_full` at once (so that the session ends and stops sending),
+    /// and the connection closes once the queue drains or after `flushTimeoutMillis`, whichever comes
+    /// first. Memory stays at `send_queue_limit` plus the error. The queue holds whole `send_data`
+    /// payloads (ejabberd sends whole elements), so the error follows a complete element.
+    private func overflow(_ fd: CInt, queue: ByteQueue) {
+        let id = table[fd].connID
+        logger.debug("Send queue full", metadata: ["connection.id": "\(id)", "queued": "\(queue.count)"])
+        queue.append(Array(Self.sendQueueFullError.utf8))
+        emit(to: recipient(of: table[fd]), .error(connID: id, reason: "send_queue_full"))
+        beginClose(fd, reason: .sendQueueFull, notify: false)
+    }
+
+    /// What a client whose send queue overflowed reads last (RFC 6120 §4.9.3.15).
+    static let sendQueueFullError =
+        "<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+        + "<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>Too much unread data</text></stream:error>"
+        + "</stream:stream>"
+
+    // MARK: stream header timeout
+
+    /// Starts the stream header clock of a connection that is being announced, if it is set.
+    private func watchHeader(_ id: UInt64, now: Int64, config: ReactorConfig) {
+        guard let timeout = config.streamHeaderTimeoutMillis else { return }
+        headerWatch[id] = (now + timeout, [])
+    }
+
+    /// Looks at bytes on their way to the owner for the end of the client's stream header. Once it
+    /// is whole (or is not a stream header at all, which ejabberd will refuse itself) the clock stops.
+    private func lookForHeader(_ id: UInt64, in chunk: [UInt8]) {
+        guard var watch = headerWatch[id] else { return }
+        watch.seen.append(contentsOf: chunk.prefix(StartTLSNegotiator.maxBytes + 1 - watch.seen.count))
+        switch StartTLSNegotiator.next(watch.seen, headerAnswered: false) {
+        case .needMore:
+            headerWatch[id] = watch
+        case .sendFeatures, .proceed, .refuse:
+            headerWatch[id] = nil
+        }
+    }
+
+    /// A connection whose header did not come in time: it gets a stream header and a
+    /// `connection-timeout` stream error (ejabberd has not answered anything yet: it answers the
+    /// client's header), then is closed and its owner told `tcp_closed`.
+    private func headerTimedOut(_ fd: CInt) {
+        let id = table[fd].connID
+        logger.debug("No stream header in time", metadata: ["connection.id": "\(id)"])
+        let error = StartTLSNegotiator.header(to: nil)
+            + "<stream:error><connection-timeout xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>"
+            + "</stream:stream>"
+        table[fd].flags.remove(.armed)
+        write(fd, Array(error.utf8))
+        guard table.contains(fd: fd), table[fd].connID == id else { return }
+        beginClose(fd, reason: .streamHeaderTimeout, notify: true)
     }
 
     /// Writes queued output after EPOLLOUT. Returns false if the connection was closed.
@@ -712,8 +809,18 @@ public final class Reactor: @unchecked Sendable {
 
     private func closeConnection(_ fd: CInt, reason: CloseReason, notify event: Event?) {
         guard let slot = table.remove(fd: fd) else { return }
-        closing[slot.connID] = nil
+        var reason = reason
+        var event = event
+        // A limit's close that ends early (the client hangs up or resets while its stream error is
+        // flushed) still counts as that limit, and tells the owner nothing more than it was told.
+        if let state = closing.removeValue(forKey: slot.connID),
+           state.reason == .sendQueueFull || state.reason == .streamHeaderTimeout {
+            reason = state.reason
+            if !state.notify { event = nil }
+        }
+        headerWatch[slot.connID] = nil
         if let handshake = handshakes.removeValue(forKey: slot.connID) { limiter.release(handshake.ip) }
+        addresses.release(slot.address, now: monotonicMillis(), rate: config?.connectionRate)
         if let ssl = slot.tls { TLSSession.close(ssl) }
         // Counted before the close, so that a client that sees the close also finds it in stats.
         counters.connections.subtract(1, ordering: .relaxed)
@@ -815,6 +922,7 @@ public final class Reactor: @unchecked Sendable {
             // OpenSSL may already hold application data that came with the handshake's last flight.
             table[fd].flags.formUnion([.readable, .writable])
             logger.debug("TLS handshake done", metadata: ["connection.id": "\(id)", "peer": "\(peer)"])
+            watchHeader(id, now: monotonicMillis(), config: config)
             emit(to: config.controller, .connected(connID: id, peer: peer, local: local, transport: .tls))
         case .wantRead, .wantWrite:
             return
@@ -836,9 +944,21 @@ public final class Reactor: @unchecked Sendable {
                 limiter.release(handshake.ip)
             }
         }
+        for (id, watch) in headerWatch where watch.deadline <= now {
+            guard let fd = table.fd(of: id) else {
+                headerWatch[id] = nil
+                continue
+            }
+            // Not asked for data: the wait is on the owner's side, not the client's. Look again later.
+            guard table[fd].flags.contains(.armed) else { continue }
+            headerWatch[id] = nil
+            headerTimedOut(fd)
+        }
         for (id, state) in closing where state.deadline <= now {
             if let fd = table.fd(of: id) {
-                closeConnection(fd, reason: .flushTimeout, notify: state.notify ? .closed(connID: id) : nil)
+                // A close that was itself a refusal keeps its reason; a requested one ran out of time.
+                let reason: CloseReason = state.reason == .requested || state.reason == .shutdown ? .flushTimeout : state.reason
+                closeConnection(fd, reason: reason, notify: state.notify ? .closed(connID: id) : nil)
             }
             closing[id] = nil
         }

@@ -12,6 +12,12 @@ public struct ReactorConfig: Sendable {
     /// How long a client may take from connecting to a finished TLS handshake.
     public var handshakeTimeoutMillis: Int64
     public var maxHandshakesPerIP: Int
+    /// Open connections per client address (`.max`: no limit); see `AddressLimiter`.
+    public var maxConnectionsPerIP: Int
+    /// New connections per client address and period; nil: no limit.
+    public var connectionRate: ConnectionRate?
+    /// How long an announced connection may go without a complete stream header; nil: no limit.
+    public var streamHeaderTimeoutMillis: Int64?
 
     public init(controller: PidRef, options: StartOptions, tls: TLSContext? = nil) {
         self.controller = controller
@@ -21,6 +27,9 @@ public struct ReactorConfig: Sendable {
         inputBufferLimit = options.inputBufferLimit
         handshakeTimeoutMillis = Int64(options.handshakeTimeoutMillis)
         maxHandshakesPerIP = options.maxHandshakesPerIP
+        maxConnectionsPerIP = options.maxConnectionsPerIP
+        connectionRate = options.connectionRatePerIP
+        streamHeaderTimeoutMillis = options.streamHeaderTimeoutMillis.map(Int64.init)
         self.tls = tls
     }
 }

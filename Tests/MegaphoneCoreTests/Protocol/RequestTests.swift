@@ -125,4 +125,39 @@ struct RequestTests {
             e.emptyList()
         } == .badopt("listen"))
     }
+
+    @Test func limitOptions() throws {
+        func options(_ opts: [(TermEncoder) -> Void]) throws -> StartOptions {
+            let request = try decode { e in
+                e.tuple(4); e.atom("start"); shellPid(e); e.atom("r")
+                e.list(opts.count); opts.forEach { $0(e) }; e.emptyList()
+            }
+            guard case .start(_, _, let options) = request else { throw RequestError(replyTo: nil, tag: .undefined, reason: .badarg("x")) }
+            return options
+        }
+        let defaults = try options([])
+        #expect(defaults.maxConnectionsPerIP == .max)
+        #expect(defaults.connectionRatePerIP == nil)
+        #expect(defaults.streamHeaderTimeoutMillis == nil)
+        let set = try options([
+            { e in e.tuple(2); e.atom("max_connections_per_ip"); e.uint(5) },
+            { e in e.tuple(2); e.atom("connection_rate_per_ip"); e.tuple(2); e.uint(3); e.uint(1000) },
+            { e in e.tuple(2); e.atom("stream_header_timeout"); e.uint(750) },
+        ])
+        #expect(set.maxConnectionsPerIP == 5)
+        #expect(set.connectionRatePerIP == ConnectionRate(count: 3, periodMillis: 1000))
+        #expect(set.streamHeaderTimeoutMillis == 750)
+        let off = try options([
+            { e in e.tuple(2); e.atom("max_connections_per_ip"); e.atom("infinity") },
+            { e in e.tuple(2); e.atom("connection_rate_per_ip"); e.atom("infinity") },
+            { e in e.tuple(2); e.atom("stream_header_timeout"); e.atom("infinity") },
+        ])
+        #expect(off == defaults)
+        #expect(throws: RequestError.self) { try options([{ e in e.tuple(2); e.atom("connection_rate_per_ip"); e.uint(3) }]) }
+        #expect(throws: RequestError.self) {
+            try options([{ e in e.tuple(2); e.atom("connection_rate_per_ip"); e.tuple(2); e.uint(0); e.uint(1000) }])
+        }
+        #expect(throws: RequestError.self) { try options([{ e in e.tuple(2); e.atom("stream_header_timeout"); e.uint(0) }]) }
+        #expect(throws: RequestError.self) { try options([{ e in e.tuple(2); e.atom("max_connections_per_ip"); e.atom("lots") }]) }
+    }
 }

@@ -37,5 +37,7 @@ struct ConnectionTableTests {
     @Test func idleSlotIsSmall() {
         // DESIGN.md: no per-connection allocation while idle; the slot itself stays within a cache line.
         #expect(MemoryLayout<ConnectionSlot>.stride <= 64)
+        // The AddressLimiter handle took padding, not a new word.
+        #expect(MemoryLayout<ConnectionSlot>.stride == 56)
     }
 }

@@ -152,7 +152,6 @@ struct ReactorTests {
     @Test func sendQueueLimitClosesTheConnection() throws {
         let h = try ReactorHarness { $0.sendQueueLimit = 64 * 1024 }
         let (client, id) = try h.connect()
-        defer { close(client) }
         h.reactor.commands.post(.getData(owner: ReactorHarness.owner, connID: id))
         // The client never reads: its receive buffer and ours fill, then the queue passes the limit.
         let chunk = [UInt8](repeating: 0x61, count: 64 * 1024)
@@ -162,13 +161,22 @@ struct ReactorTests {
             failure = h.event(within: 10) { if case .error = $0 { true } else { false } }
         }
         guard case (let to, .error(let failedID, let reason))? = failure else {
+            close(client)
             Issue.record("send queue never filled")
             return
         }
         #expect(to == ReactorHarness.owner)
         #expect(failedID == id)
         #expect(reason == "send_queue_full")
+        // The connection lives on to flush its stream error (at most 5 s); the client going away
+        // ends it, still counted as send_queue_full, and the owner hears nothing more.
+        #expect(h.counters.closedCount(.sendQueueFull) == 0)
+        close(client)
+        let deadline = monotonicMillis() + 5_000
+        while h.counters.closedCount(.sendQueueFull) == 0 && monotonicMillis() < deadline { usleep(10_000) }
         #expect(h.counters.closedCount(.sendQueueFull) == 1)
+        #expect(h.counters.closedCount(.clientError) == 0 && h.counters.closedCount(.clientClosed) == 0)
+        #expect(h.event(within: 200) { _ in true } == nil)
     }
 
     @Test func clientHangupIsReportedWithoutGetData() throws {
