@@ -250,16 +250,15 @@ do_mem_run(Cfg = #{ej := Ej, n := N}) ->
     R0 = read(Cfg),
     {Pools, Secs} = login(Cfg, 1, N),
     R1 = read(Cfg),
-    %% Idle for a moment: every login is done, nothing is in flight.
-    timer:sleep(1000),
-    R2 = read(Cfg),
+    {R2, R3, Settle} = settle(Cfg, N),
     Ping = ping_all(Pools),
     maps:get(failed, Ping) =:= 0 orelse fail("~b sessions did not answer a ping: ~p",
                                              [maps:get(failed, Ping), maps:get(reasons, Ping)]),
     close(Cfg, Pools),
     Hz = maps:get(clk_tck, Cfg),
     Res = (mem_figures(R0, R2, N))#{
-            n => N, login_secs => Secs, logins_s => N / Secs,
+            n => N, login_secs => Secs, logins_s => N / Secs, settle_secs => Settle,
+            ej_mem_gc_b => (maps:get(ej_mem, R3) - maps:get(ej_mem, R0)) / N,
             ej_us_login => (maps:get(ej_cpu, R1) - maps:get(ej_cpu, R0)) / Hz * 1.0e6 / N,
             mp_us_login => (maps:get(mp_cpu, R1) - maps:get(mp_cpu, R0)) / Hz * 1.0e6 / N,
             pinged => maps:get(ok, Ping)},
@@ -268,6 +267,25 @@ do_mem_run(Cfg = #{ej := Ej, n := N}) ->
              [N, maps:get(logins_s, Res), maps:get(ej_us_login, Res), maps:get(ej_rss_b, Res),
               maps:get(ej_mem_b, Res), maps:get(mp_rss_b, Res), maps:get(slab_b, Res)]),
     Res.
+
+%% After the logins: idle until ejabberd's erlang:memory(total) moves by less
+%% than 100 B per session between two readings 1 s apart (at most 30 s): the
+%% reading then. Then every process in ejabberd is garbage-collected and read
+%% again (the live data of a session, a lower bound). {Settled, AfterGC, Seconds}.
+settle(Cfg = #{ej := Ej}, N) ->
+    T0 = erlang:monotonic_time(millisecond),
+    Settled = settle_loop(Cfg, N, read(Cfg), deadline(30000)),
+    Secs = (erlang:monotonic_time(millisecond) - T0) / 1000,
+    rpc(Ej, lists, foreach, [fun erlang:garbage_collect/1, rpc(Ej, erlang, processes, [])]),
+    {Settled, read(Cfg), Secs}.
+
+settle_loop(Cfg, N, Prev, Deadline) ->
+    timer:sleep(1000),
+    R = read(Cfg),
+    case abs(maps:get(ej_mem, R) - maps:get(ej_mem, Prev)) < 100 * N orelse remaining(Deadline) =:= 0 of
+        true -> R;
+        false -> settle_loop(Cfg, N, R, Deadline)
+    end.
 
 mem_figures(R0, R1, N) ->
     D = fun(K) -> maps:get(K, R1) - maps:get(K, R0) end,
@@ -347,8 +365,7 @@ do_scale_run(Cfg = #{ej := Ej, mp := MPs, n := N, hold := Hold, clk_tck := Hz}) 
     {Pools, Secs} = login(Cfg, 1, N),
     R1 = read(Cfg),
     progress("  ~b sessions logged in and verified in ~.1f s; holding them ~b s", [N, Secs, Hold]),
-    timer:sleep(1000),
-    R2 = read(Cfg),
+    {R2, RGc, Settle} = settle(Cfg, N),
     Checks = hold(Cfg, Pools, deadline(Hold * 1000), 0),
     Ping = ping_all(Pools),
     Sessions = ej_sessions(Ej),
@@ -360,6 +377,7 @@ do_scale_run(Cfg = #{ej := Ej, mp := MPs, n := N, hold := Hold, clk_tck := Hz}) 
             n => N, login_secs => Secs, logins_s => N / Secs,
             ej_us_login => (maps:get(ej_cpu, R1) - maps:get(ej_cpu, R0)) / Hz * 1.0e6 / N,
             mp_us_login => (maps:get(mp_cpu, R1) - maps:get(mp_cpu, R0)) / Hz * 1.0e6 / N,
+            settle_secs => Settle, ej_mem_gc_b => (maps:get(ej_mem, RGc) - maps:get(ej_mem, R0)) / N,
             checks => Checks, end_sessions => Sessions, end_connections => Conns,
             end_live => Live, pinged => maps:get(ok, Ping), ping_failed => maps:get(failed, Ping),
             ping_reasons => maps:get(reasons, Ping),
