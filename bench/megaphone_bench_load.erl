@@ -181,7 +181,9 @@ fill(St = #pool{spec = #{concurrency := W}, active = A}) when A >= W ->
 fill(St = #pool{spec = Spec, queue = [{Ix, User, Password} | Rest], active = A,
                 sessions = Ss, monitors = Ms, ctr = Ctr, flag = Flag}) ->
     Pool = self(),
-    {Pid, Mon} = spawn_monitor(fun() -> session(Pool, Spec, Ix, User, Password, Ctr, Flag) end),
+    %% Not the whole Spec: its user list would be copied into every session.
+    SSpec = maps:with([port, src_ip, resource, body], Spec),
+    {Pid, Mon} = spawn_monitor(fun() -> session(Pool, SSpec, Ix, User, Password, Ctr, Flag) end),
     fill(St#pool{queue = Rest, active = A + 1, sessions = Ss#{Ix => Pid}, monitors = Ms#{Mon => Ix}}).
 
 pool_loop(St) ->

@@ -176,7 +176,7 @@ login(Cfg = #{clients := Clients, ports := Ports, resource := Res, concurrency :
                  rpc(C, megaphone_bench_load, start_pool, [Spec])
              end || {{A, B}, {C, Ip}, Port} <- lists:zip3(Shares, Clients, Ports), B >= A],
     Deadline = deadline(?LOGIN_TIMEOUT),
-    Last = await_logins(Pools, N, Deadline, 0),
+    Last = await_logins(Pools, N, Deadline, erlang:monotonic_time(millisecond)),
     Secs = max(1, Last - T0) / 1.0e6,
     #{ej := Ej} = Cfg,
     wait_until(fun() -> ej_sessions(Ej) =:= N end, 30000,
