@@ -175,7 +175,8 @@ login(Cfg = #{clients := Clients, ports := Ports, resource := Res, concurrency :
                           resource => Res, concurrency => W, body => maps:get(body, Cfg, 100)},
                  rpc(C, megaphone_bench_load, start_pool, [Spec])
              end || {{A, B}, {C, Ip}, Port} <- lists:zip3(Shares, Clients, Ports), B >= A],
-    Deadline = deadline(?LOGIN_TIMEOUT),
+    %% 10 min, or 50 logins/s for big N.
+    Deadline = deadline(max(?LOGIN_TIMEOUT, 20 * N)),
     Last = await_logins(Pools, N, Deadline, erlang:monotonic_time(millisecond)),
     Secs = max(1, Last - T0) / 1.0e6,
     #{ej := Ej} = Cfg,
