@@ -35,6 +35,8 @@
 -export([login/4, await_presence/3, send/2, recv_until/2, recv_until_any/2, check/2, setopts/3]).
 %% Pools (bench/xmpp).
 -export([start_pool/1, call/3, hist_bucket/1, bucket_value/1, percentile/2, merge_hist/2]).
+%% The receiver's checks, on crafted input (bench/xmpp runs it first).
+-export([selftest/0]).
 
 -define(STREAM, "<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' "
                 "xmlns:stream='http://etherx.jabber.org/streams' version='1.0' xml:lang='en'>").
@@ -521,3 +523,43 @@ finish(#s{sock = S}) ->
     _ = gen_tcp:send(S, "</stream:stream>"),
     gen_tcp:close(S),
     exit(closed).
+
+%%====================================================================
+%% Self-test of the receiver's checks
+%%====================================================================
+
+%% Feeds crafted server output, split at awkward places, through the code a
+%% receiving session runs, and checks what it counts: in order; a gap, a
+%% duplicate and a reordering; an error stanza; the END check at the end.
+%% Returns ok or raises.
+-spec selftest() -> ok.
+selftest() ->
+    Msg = fun(Seq) -> iolist_to_binary(["<message from='a@localhost/r' to='b@localhost/r' type='chat' "
+                                        "xmlns='jabber:client'><body>", integer_to_binary(Seq), " ",
+                                        integer_to_binary(erlang:monotonic_time(microsecond)),
+                                        " xxxx</body></message>"]) end,
+    End = fun(N) -> iolist_to_binary(["<message type='chat'><body>END ", integer_to_binary(N),
+                                      "</body></message>"]) end,
+    Run = fun(Bin) ->
+                  St0 = #s{ctr = counters:new(3, []), flag = atomics:new(1, []), stopping = true},
+                  %% Every split point between two chunks.
+                  [begin
+                       <<A:Cut/binary, B/binary>> = Bin,
+                       {St1, R1} = stanzas(St0, A, 0),
+                       {St2, R2} = stanzas(St1, <<R1/binary, B/binary>>, 0),
+                       {St2#s.received, St2#s.seq_errors, St2#s.error_stanzas, St2#s.expect,
+                        St2#s.partner_end, R2}
+                   end || Cut <- lists:seq(0, byte_size(Bin))]
+          end,
+    Same = fun(Results) -> [R] = lists:usort(Results), R end,
+    {3, 0, 0, 4, 3, <<>>} = Same(Run(iolist_to_binary([Msg(1), Msg(2), Msg(3), End(3)]))),
+    %% 1, 3 (gap), 3 (duplicate), 2 (reordered): three errors.
+    {4, 3, 0, 4, undefined, <<>>} = Same(Run(iolist_to_binary([Msg(1), Msg(3), Msg(3), Msg(2)]))),
+    {1, 0, 1, 2, undefined, <<>>} =
+        Same(Run(iolist_to_binary([Msg(1), <<"<message type='error'><body>2 0 x</body></message>">>]))),
+    %% The END check: 2 announced, 1 received: one missing.
+    St = #s{ctr = counters:new(3, []), flag = atomics:new(1, []), stopping = true, expect = 2,
+            partner_end = 2, stop_from = {self(), ref}, sock = undefined},
+    try maybe_done(St) catch error:_ -> ok end,
+    receive {answer, ref, {ok, #{seq_errors := 1}}} -> ok after 1000 -> error(end_check) end,
+    ok.
