@@ -20,6 +20,8 @@
                           proc_status/1, rss/1, cpu_ticks/1, thread_ticks/1, all_proc_ticks/0,
                           other_cpu/5, system_cpu/0, slab_kb/0, timed/1, delta/2, others/1,
                           thread_label/1, range/2, mean/1, ratio/2, int/1, f0/1, f1/1, f2/1]).
+%% The XMPP client functions (login, stream I/O) are shared with bench/xmpp.
+-import(megaphone_bench_load, [login/4, check/2, setopts/3]).
 
 -define(LOCALHOST, {127, 0, 0, 1}).
 -define(BIG, 1000000).
@@ -628,7 +630,8 @@ xmpp_user(Parent, T, Port, I, Partner, Resource, Body, K, Stop, Ctr) ->
         end,
     try
         {ok, S} = check(T:connect(?LOCALHOST, Port, Opts, 30000), connect),
-        Info = login({T, S}, user(I), password(I), Resource),
+        ok = login({T, S}, user(I), password(I), Resource),
+        Info = tls_info({T, S}),
         Parent ! {logged_in, self(), Info},
         Msg = iolist_to_binary(["<message to='", user(Partner), "@localhost/", Resource,
                                 "' type='chat'><body>", Body, "</body></message>"]),
@@ -641,63 +644,13 @@ xmpp_user(Parent, T, Port, I, Partner, Resource, Body, K, Stop, Ctr) ->
         error:{badmatch, Other} -> Parent ! {login_failed, self(), Other}
     end.
 
-check({ok, _} = Ok, _What) -> Ok;
-check(Other, What) -> throw({xmpp, {What, Other}}).
-
--define(STREAM, "<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' "
-                "xmlns:stream='http://etherx.jabber.org/streams' version='1.0' xml:lang='en'>").
-
-setopts(ssl, S, Opts) -> ssl:setopts(S, Opts);
-setopts(gen_tcp, S, Opts) -> inet:setopts(S, Opts).
-
-login(S, User, Password, Resource) ->
-    send(S, ?STREAM),
-    F1 = recv_until(S, <<"</stream:features>">>),
-
-    binary:match(F1, <<"PLAIN">>) =/= nomatch orelse throw({xmpp, {no_plain, F1}}),
-    send(S, ["<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>",
-             base64:encode(<<0, User/binary, 0, Password/binary>>), "</auth>"]),
-    A = recv_until_any(S, [<<"<success">>, <<"</failure>">>]),
-    binary:match(A, <<"<success">>) =/= nomatch orelse throw({xmpp, {auth_failed, A}}),
-    send(S, ?STREAM),
-    _ = recv_until(S, <<"</stream:features>">>),
-    send(S, ["<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>",
-             Resource, "</resource></bind></iq>"]),
-    B = recv_until(S, <<"</iq>">>),
-    binary:match(B, <<"type='result'">>) =/= nomatch orelse throw({xmpp, {bind_failed, B}}),
-    send(S, "<presence/>"),
-    case S of
-        {ssl, Sock} ->
-            {ok, TlsInfo} = ssl:connection_information(Sock, [protocol, selected_cipher_suite]),
-            #{cipher := C} = proplists:get_value(selected_cipher_suite, TlsInfo),
-            io_lib:format("~s ~s", [proplists:get_value(protocol, TlsInfo), C]);
-        {gen_tcp, _} ->
-            "plain TCP"
-    end.
-
-send({T, S}, Data) ->
-    case T:send(S, Data) of
-        ok -> ok;
-        {error, Reason} -> throw({xmpp, {send, Reason}})
-    end.
-
-recv_until(S, Marker) ->
-    recv_until_any(S, [Marker]).
-
-recv_until_any(S, Markers) ->
-    recv_until_any(S, Markers, <<>>, deadline(30000)).
-
-recv_until_any(S, Markers, Acc, Deadline) ->
-    case binary:match(Acc, Markers) of
-        nomatch ->
-            {T, Sock} = S,
-            case T:recv(Sock, 0, max(1, remaining(Deadline))) of
-                {ok, Data} -> recv_until_any(S, Markers, <<Acc/binary, Data/binary>>, Deadline);
-                {error, Reason} -> throw({xmpp, {recv, Reason, Markers, Acc}})
-            end;
-        _ ->
-            Acc
-    end.
+%% The negotiated protocol and cipher of a logged-in client, for the report.
+tls_info({ssl, Sock}) ->
+    {ok, TlsInfo} = ssl:connection_information(Sock, [protocol, selected_cipher_suite]),
+    #{cipher := C} = proplists:get_value(selected_cipher_suite, TlsInfo),
+    io_lib:format("~s ~s", [proplists:get_value(protocol, TlsInfo), C]);
+tls_info({gen_tcp, _}) ->
+    "plain TCP".
 
 -define(MSG_END, <<"</message>">>).
 

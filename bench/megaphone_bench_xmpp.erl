@@ -1,0 +1,410 @@
+%%% bench/xmpp's measuring side: runs in the driver's controller node (a
+%%% hidden node the Python driver talks to, see Tests/integration/harness.py
+%%% ErlHelper) and drives the load clients (megaphone_bench_load pools) in the
+%%% client nodes. Each exported function is one measurement; it returns a
+%%% map the driver turns into the report. Every failure throws (fail/2) with
+%%% a readable reason; the driver then stops everything and exits non-zero.
+%%%
+%%% Cfg keys shared by all runs:
+%%%   ej        ejabberd's node          ej_pid   its beam's OS pid (string)
+%%%   mp        [{MegaphoneNode, OsPid}] every Megaphone node (Swift)
+%%%   clients   [{ClientNode, SrcIp}]    one pool per client node
+%%%   ports     [Port]                   the XMPP port each client node connects to
+%%%   resource  binary (unique per run)  concurrency  logins in flight per pool
+%%%   clk_tck   the kernel's clock ticks per second
+-module(megaphone_bench_xmpp).
+
+-export([prepare/1, mem_run/1, msg_run/1, scale_run/1]).
+
+-import(megaphone_bench, [fail/2, progress/2, connect_node/2, rpc/4, wait_until/3,
+                          deadline/1, remaining/1, proc_status/1, rss/1, cpu_ticks/1, slab_kb/0]).
+
+-define(LOGIN_TIMEOUT, 600000).
+
+%%====================================================================
+%% API
+%%====================================================================
+
+%% Connects to every node, registers users 1..N in one rpc, and reads the
+%% limits that matter for the scale run.
+-spec prepare(map()) -> map().
+prepare(Cfg) ->
+    isolated(fun() -> do_prepare(norm(Cfg)) end).
+
+%% N idle sessions: login rate and CPU per login, then memory per session.
+-spec mem_run(map()) -> map().
+mem_run(Cfg) ->
+    isolated(fun() -> do_mem_run(norm(Cfg)) end).
+
+%% P pairs chatting with K in flight each way: msgs/s, CPU per message,
+%% latency, sequence checks.
+-spec msg_run(map()) -> map().
+msg_run(Cfg) ->
+    isolated(fun() -> do_msg_run(norm(Cfg)) end).
+
+%% N sessions held for `hold' seconds, checked every 10 s and pinged at the end.
+-spec scale_run(map()) -> map().
+scale_run(Cfg) ->
+    isolated(fun() -> do_scale_run(norm(Cfg)) end).
+
+%% OS pids come as binaries from the driver; /proc paths want strings.
+norm(Cfg = #{ej_pid := EjPid, mp := MPs}) ->
+    Cfg#{ej_pid := str(EjPid), mp := [{N, str(P)} || {N, P} <- MPs]}.
+
+str(B) when is_binary(B) -> binary_to_list(B);
+str(L) -> L.
+
+%% Runs F in a fresh process (the caller's mailbox stays clean) with a high
+%% priority, so that measurements are taken on time on a saturated machine.
+isolated(F) ->
+    {Pid, Mon} = spawn_monitor(fun() ->
+                                       process_flag(priority, high),
+                                       exit({done, try {ok, F()} catch throw:{bench_error, M} -> {error, M} end})
+                               end),
+    receive
+        {'DOWN', Mon, process, Pid, {done, {ok, V}}} -> V;
+        {'DOWN', Mon, process, Pid, {done, {error, M}}} -> fail("~s", [M]);
+        {'DOWN', Mon, process, Pid, Other} -> fail("~p", [Other])
+    end.
+
+%%====================================================================
+%% prepare
+%%====================================================================
+
+do_prepare(Cfg = #{ej := Ej, mp := MPs, clients := Clients, users := N}) ->
+    connect_node(Ej, 30000),
+    wait_until(fun() -> ej_started(Ej) end, 60000, "ejabberd to be started"),
+    [connect_node(MP, 30000) || {MP, _} <- MPs],
+    [connect_node(C, 30000) || {C, _} <- Clients],
+    [{module, _} = rpc(C, code, ensure_loaded, [megaphone_bench_load]) || {C, _} <- Clients],
+    progress("registering ~b users in one rpc", [N]),
+    T0 = erlang:monotonic_time(millisecond),
+    register_users(Ej, N),
+    RegMs = erlang:monotonic_time(millisecond) - T0,
+    progress("registered in ~b ms", [RegMs]),
+    #{ej_version => rpc(Ej, ejabberd_config, get_version, []),
+      process_limit => rpc(Ej, erlang, system_info, [process_limit]),
+      port_limit => rpc(Ej, erlang, system_info, [port_limit]),
+      ets_limit => rpc(Ej, erlang, system_info, [ets_limit]),
+      ej_fd_limit => fd_limit(maps:get(ej_pid, Cfg)),
+      mp_fd_limits => [fd_limit(P) || {_, P} <- MPs],
+      client_fd_limits => [fd_limit(rpc(C, os, getpid, [])) || {C, _} <- Clients],
+      reg_ms => RegMs}.
+
+ej_started(Ej) ->
+    case rpc:call(Ej, application, which_applications, [], 5000) of
+        Apps when is_list(Apps) -> lists:keymember(ejabberd, 1, Apps);
+        _ -> false
+    end.
+
+%% "Max open files" soft limit of an OS process.
+fd_limit(OsPid) ->
+    {ok, B} = file:read_file("/proc/" ++ OsPid ++ "/limits"),
+    {match, [V]} = re:run(B, "Max open files\\s+(\\S+)", [{capture, all_but_first, binary}]),
+    case V of
+        <<"unlimited">> -> unlimited;
+        _ -> binary_to_integer(V)
+    end.
+
+user(I) -> <<"xb", (integer_to_binary(I))/binary>>.
+password(I) -> <<"pw", (integer_to_binary(I))/binary>>.
+
+%% One rpc into ejabberd that loops over ejabberd_auth:try_register/3 (the
+%% loop is evaluated there by erl_eval: no code of ours is loaded into it).
+register_users(Ej, N) ->
+    Src = "Reg = fun Reg(I, Bad) when I > N -> Bad;"
+          "          Reg(I, Bad) ->"
+          "              S = integer_to_binary(I),"
+          "              case ejabberd_auth:try_register(<<\"xb\", S/binary>>, <<\"localhost\">>,"
+          "                                              <<\"pw\", S/binary>>) of"
+          "                  ok -> Reg(I + 1, Bad);"
+          "                  {error, exists} -> Reg(I + 1, Bad);"
+          "                  E -> Reg(I + 1, [{I, E} | Bad])"
+          "              end"
+          "      end,"
+          "Reg(1, []).",
+    {ok, Toks, _} = erl_scan:string(Src),
+    {ok, Exprs} = erl_parse:parse_exprs(Toks),
+    case rpc:call(Ej, erl_eval, exprs, [Exprs, [{'N', N}]], 600000) of
+        {value, [], _} -> ok;
+        {value, Bad, _} -> fail("registering users failed for ~b of them, e.g. ~p",
+                                [length(Bad), lists:sublist(Bad, 3)]);
+        Other -> fail("registering users: ~p", [Other])
+    end.
+
+%%====================================================================
+%% Readings
+%%====================================================================
+
+%% A snapshot of every figure a run compares.
+read(#{ej := Ej, ej_pid := EjPid, mp := MPs}) ->
+    #{t => erlang:monotonic_time(microsecond),
+      ej_rss => rss(proc_status(EjPid)),
+      ej_mem => rpc(Ej, erlang, memory, [total]),
+      mp_rss => lists:sum([rss(proc_status(P)) || {_, P} <- MPs]),
+      slab => slab_kb(),
+      ej_cpu => cpu_ticks(EjPid),
+      mp_cpu => lists:sum([cpu_ticks(P) || {_, P} <- MPs]),
+      sys => megaphone_bench:system_cpu()}.
+
+ej_sessions(Ej) ->
+    rpc(Ej, ejabberd_sm, connected_users_number, []).
+
+mp_connections(MPs) ->
+    lists:sum([case megaphone:stats(MP, 5000) of
+                   {ok, #{connections := C}} -> C;
+                   Other -> fail("megaphone:stats(~s): ~p", [MP, Other])
+               end || {MP, _} <- MPs]).
+
+%%====================================================================
+%% Sessions
+%%====================================================================
+
+%% Starts one pool per client node for users From..To (contiguous shares, an
+%% even number each so that pairs stay in one pool), waits until every
+%% session logged in and saw its presence echo, and checks that ejabberd
+%% counts them. Returns {Pools, LoginSeconds}.
+login(Cfg = #{clients := Clients, ports := Ports, resource := Res, concurrency := W}, From, To) ->
+    N = To - From + 1,
+    Shares = shares(From, To, length(Clients)),
+    T0 = os:system_time(microsecond),
+    Pools = [begin
+                 Users = [{I, user(I), password(I)} || I <- lists:seq(A, B)],
+                 Partners = maps:from_list([{I, partner(I)} || I <- lists:seq(A, B)]),
+                 Spec = #{port => Port, src_ip => Ip, users => Users, partners => Partners,
+                          resource => Res, concurrency => W, body => maps:get(body, Cfg, 100)},
+                 rpc(C, megaphone_bench_load, start_pool, [Spec])
+             end || {{A, B}, {C, Ip}, Port} <- lists:zip3(Shares, Clients, Ports), B >= A],
+    %% 10 min, or 50 logins/s for big N.
+    Deadline = deadline(max(?LOGIN_TIMEOUT, 20 * N)),
+    Last = await_logins(Pools, N, Deadline, erlang:monotonic_time(millisecond)),
+    Secs = max(1, Last - T0) / 1.0e6,
+    #{ej := Ej} = Cfg,
+    wait_until(fun() -> ej_sessions(Ej) =:= N end, 30000,
+               io_lib:format("ejabberd to count ~b sessions (it counts ~b)", [N, ej_sessions(Ej)])),
+    {Pools, Secs}.
+
+await_logins(Pools, N, Deadline, LastProgress) ->
+    Sts = [megaphone_bench_load:call(P, status, 30000) || P <- Pools],
+    In = lists:sum([maps:get(logged_in, S) || S <- Sts]),
+    Failed = lists:sum([maps:get(failed, S) + maps:get(down, S) || S <- Sts]),
+    Failed =:= 0 orelse
+        fail("~b sessions failed to log in or went down; first reasons: ~p",
+             [Failed, lists:sublist(lists:append([maps:get(reasons, S) || S <- Sts]), 3)]),
+    Now = erlang:monotonic_time(millisecond),
+    case In of
+        N ->
+            lists:max([maps:get(last_login_us, S) || S <- Sts]);
+        _ ->
+            remaining(Deadline) > 0 orelse fail("only ~b of ~b sessions logged in in time", [In, N]),
+            LP = case Now - LastProgress > 5000 of
+                     true -> progress("  ~b of ~b logged in", [In, N]), Now;
+                     false -> LastProgress
+                 end,
+            timer:sleep(20),
+            await_logins(Pools, N, Deadline, LP)
+    end.
+
+%% Contiguous shares of From..To over K pools, each of even size where possible.
+shares(From, To, K) ->
+    Pairs = (To - From + 1) div 2,
+    Odd = (To - From + 1) rem 2,
+    Sizes0 = [2 * (Pairs div K + case I =< Pairs rem K of true -> 1; false -> 0 end)
+              || I <- lists:seq(1, K)],
+    Sizes = case Odd of
+                1 -> [hd(Sizes0) + 1 | tl(Sizes0)];
+                0 -> Sizes0
+            end,
+    {Out, _} = lists:mapfoldl(fun(S, A) -> {{A, A + S - 1}, A + S} end, From, Sizes),
+    Out.
+
+%% Users 2i-1 and 2i are a pair.
+partner(I) when I rem 2 =:= 1 -> I + 1;
+partner(I) -> I - 1.
+
+close(#{ej := Ej}, Pools) ->
+    [ok = megaphone_bench_load:call(P, close, 60000) || P <- Pools],
+    wait_until(fun() -> ej_sessions(Ej) =:= 0 end, 120000, "ejabberd sessions = 0 after closing").
+
+ping_all(Pools) ->
+    Rs = [megaphone_bench_load:call(P, ping, 180000) || P <- Pools],
+    #{ok => lists:sum([maps:get(ok, R) || R <- Rs]),
+      failed => lists:sum([maps:get(failed, R) || R <- Rs]),
+      reasons => lists:sublist(lists:append([maps:get(reasons, R) || R <- Rs]), 3)}.
+
+%% A warm-up login of W sessions (first logins load code on both sides),
+%% not measured.
+warm_up(_Cfg, 0) ->
+    ok;
+warm_up(Cfg = #{resource := Res}, W) ->
+    {Pools, _} = login(Cfg#{resource => <<Res/binary, "w">>}, 1, W),
+    close(Cfg, Pools).
+
+%%====================================================================
+%% Memory and logins
+%%====================================================================
+
+do_mem_run(Cfg = #{ej := Ej, n := N}) ->
+    wait_until(fun() -> ej_sessions(Ej) =:= 0 end, 120000, "ejabberd sessions = 0 before a run"),
+    warm_up(Cfg, maps:get(warmup_logins, Cfg, 0)),
+    rpc(Ej, erlang, garbage_collect, []),
+    R0 = read(Cfg),
+    {Pools, Secs} = login(Cfg, 1, N),
+    R1 = read(Cfg),
+    {R2, R3, Settle} = settle(Cfg, N),
+    Ping = ping_all(Pools),
+    maps:get(failed, Ping) =:= 0 orelse fail("~b sessions did not answer a ping: ~p",
+                                             [maps:get(failed, Ping), maps:get(reasons, Ping)]),
+    close(Cfg, Pools),
+    Hz = maps:get(clk_tck, Cfg),
+    Res = (mem_figures(R0, R2, N))#{
+            n => N, login_secs => Secs, logins_s => N / Secs, settle_secs => Settle,
+            ej_mem_gc_b => (maps:get(ej_mem, R3) - maps:get(ej_mem, R0)) / N,
+            ej_us_login => (maps:get(ej_cpu, R1) - maps:get(ej_cpu, R0)) / Hz * 1.0e6 / N,
+            mp_us_login => (maps:get(mp_cpu, R1) - maps:get(mp_cpu, R0)) / Hz * 1.0e6 / N,
+            pinged => maps:get(ok, Ping)},
+    progress("  ~b sessions: ~.1f logins/s, ejabberd ~.1f us/login; ejabberd RSS ~.1f B/session, "
+             "erlang:memory ~.1f B/session, Swift RSS ~.1f B/conn, Slab ~.1f B/conn",
+             [N, maps:get(logins_s, Res), maps:get(ej_us_login, Res), maps:get(ej_rss_b, Res),
+              maps:get(ej_mem_b, Res), maps:get(mp_rss_b, Res), maps:get(slab_b, Res)]),
+    Res.
+
+%% After the logins: idle until ejabberd's erlang:memory(total) moves by less
+%% than 100 B per session between two readings 1 s apart (at most 30 s): the
+%% reading then. Then every process in ejabberd is garbage-collected and read
+%% again (the live data of a session, a lower bound). {Settled, AfterGC, Seconds}.
+settle(Cfg = #{ej := Ej}, N) ->
+    T0 = erlang:monotonic_time(millisecond),
+    Settled = settle_loop(Cfg, N, read(Cfg), deadline(30000)),
+    Secs = (erlang:monotonic_time(millisecond) - T0) / 1000,
+    rpc(Ej, lists, foreach, [fun erlang:garbage_collect/1, rpc(Ej, erlang, processes, [])]),
+    {Settled, read(Cfg), Secs}.
+
+settle_loop(Cfg, N, Prev, Deadline) ->
+    timer:sleep(1000),
+    R = read(Cfg),
+    case abs(maps:get(ej_mem, R) - maps:get(ej_mem, Prev)) < 100 * N orelse remaining(Deadline) =:= 0 of
+        true -> R;
+        false -> settle_loop(Cfg, N, R, Deadline)
+    end.
+
+mem_figures(R0, R1, N) ->
+    D = fun(K) -> maps:get(K, R1) - maps:get(K, R0) end,
+    #{ej_rss_b => D(ej_rss) * 1024 / N, ej_mem_b => D(ej_mem) / N,
+      mp_rss_b => D(mp_rss) * 1024 / N, slab_b => D(slab) * 1024 / N,
+      ej_rss_kib => {maps:get(ej_rss, R0), maps:get(ej_rss, R1)},
+      mp_rss_kib => {maps:get(mp_rss, R0), maps:get(mp_rss, R1)}}.
+
+%%====================================================================
+%% Messages
+%%====================================================================
+
+do_msg_run(Cfg = #{ej := Ej, pairs := P, inflight := K, secs := Secs, warmup := Warm,
+                   clk_tck := Hz}) ->
+    wait_until(fun() -> ej_sessions(Ej) =:= 0 end, 120000, "ejabberd sessions = 0 before a run"),
+    {Pools, LoginSecs} = login(Cfg, 1, 2 * P),
+    [ok = megaphone_bench_load:call(Pl, {chat, K}, 30000) || Pl <- Pools],
+    timer:sleep(Warm * 1000),
+    [ok = megaphone_bench_load:call(Pl, {measure, true}, 30000) || Pl <- Pools],
+    C0 = delivered(Pools),
+    R0 = read(Cfg),
+    timer:sleep(Secs * 1000),
+    %% --smoke asks for a number of messages rather than a time.
+    MinMsgs = maps:get(min_msgs, Cfg, 0),
+    wait_until(fun() -> delivered(Pools) - C0 >= MinMsgs end, 60000,
+               io_lib:format("~b messages delivered", [MinMsgs])),
+    C1 = delivered(Pools),
+    R1 = read(Cfg),
+    [ok = megaphone_bench_load:call(Pl, {measure, false}, 30000) || Pl <- Pools],
+    Stops = [megaphone_bench_load:call(Pl, chat_stop, 120000) || Pl <- Pools],
+    close(Cfg, Pools),
+    Sum = fun(Key) -> lists:sum([maps:get(Key, S) || S <- Stops]) end,
+    Hist = lists:foldl(fun(S, H) -> megaphone_bench_load:merge_hist(maps:get(hist, S), H) end,
+                       #{}, Stops),
+    Dt = (maps:get(t, R1) - maps:get(t, R0)) / 1.0e6,
+    Msgs = C1 - C0,
+    Cpu = fun(Key) -> (maps:get(Key, R1) - maps:get(Key, R0)) / Hz end,
+    {B0, T0} = maps:get(sys, R0),
+    {B1, T1} = maps:get(sys, R1),
+    Res = #{msgs => Msgs, secs => Dt, msgs_s => Msgs / Dt,
+            ej_cpu => 100 * Cpu(ej_cpu) / Dt, mp_cpu => 100 * Cpu(mp_cpu) / Dt,
+            ej_us => per(Cpu(ej_cpu) * 1.0e6, Msgs), mp_us => per(Cpu(mp_cpu) * 1.0e6, Msgs),
+            machine_busy => 100 * (B1 - B0) / max(1, T1 - T0),
+            p50_us => megaphone_bench_load:percentile(Hist, 50),
+            p99_us => megaphone_bench_load:percentile(Hist, 99),
+            samples => lists:sum(maps:values(Hist)),
+            received => Sum(received), sent => Sum(sent), seq_errors => Sum(seq_errors),
+            error_stanzas => Sum(error_stanzas), unfinished => Sum(failed),
+            reasons => lists:sublist(lists:append([maps:get(reasons, S) || S <- Stops]), 3),
+            login_secs => LoginSecs},
+    progress("  ~.1f msgs/s, ejabberd ~.1f us/msg, Swift ~.1f us/msg, latency p50 ~s p99 ~s us; "
+             "sent ~b received ~b, sequence errors ~b, error stanzas ~b, unfinished ~b",
+             [maps:get(msgs_s, Res), maps:get(ej_us, Res), maps:get(mp_us, Res),
+              fmt(maps:get(p50_us, Res)), fmt(maps:get(p99_us, Res)), maps:get(sent, Res),
+              maps:get(received, Res), maps:get(seq_errors, Res), maps:get(error_stanzas, Res),
+              maps:get(unfinished, Res)]),
+    Res.
+
+delivered(Pools) ->
+    lists:sum([element(1, megaphone_bench_load:call(P, counters, 30000)) || P <- Pools]).
+
+per(_X, 0) -> 0.0;
+per(X, N) -> X / N.
+
+fmt(undefined) -> "-";
+fmt(X) -> io_lib:format("~.1f", [X]).
+
+%%====================================================================
+%% Scale
+%%====================================================================
+
+do_scale_run(Cfg = #{ej := Ej, mp := MPs, n := N, hold := Hold, clk_tck := Hz}) ->
+    wait_until(fun() -> ej_sessions(Ej) =:= 0 end, 120000, "ejabberd sessions = 0 before a run"),
+    warm_up(Cfg, maps:get(warmup_logins, Cfg, 0)),
+    rpc(Ej, erlang, garbage_collect, []),
+    R0 = read(Cfg),
+    {Pools, Secs} = login(Cfg, 1, N),
+    R1 = read(Cfg),
+    progress("  ~b sessions logged in and verified in ~.1f s; holding them ~b s", [N, Secs, Hold]),
+    {R2, RGc, Settle} = settle(Cfg, N),
+    Checks = hold(Cfg, Pools, deadline(Hold * 1000), 0),
+    Ping = ping_all(Pools),
+    Sessions = ej_sessions(Ej),
+    Conns = mp_connections(MPs),
+    Live = lists:sum([maps:get(live, megaphone_bench_load:call(P, status, 30000)) || P <- Pools]),
+    R3 = read(Cfg),
+    close(Cfg, Pools),
+    Res = (mem_figures(R0, R2, N))#{
+            n => N, login_secs => Secs, logins_s => N / Secs,
+            ej_us_login => (maps:get(ej_cpu, R1) - maps:get(ej_cpu, R0)) / Hz * 1.0e6 / N,
+            mp_us_login => (maps:get(mp_cpu, R1) - maps:get(mp_cpu, R0)) / Hz * 1.0e6 / N,
+            settle_secs => Settle, ej_mem_gc_b => (maps:get(ej_mem, RGc) - maps:get(ej_mem, R0)) / N,
+            checks => Checks, end_sessions => Sessions, end_connections => Conns,
+            end_live => Live, pinged => maps:get(ok, Ping), ping_failed => maps:get(failed, Ping),
+            ping_reasons => maps:get(reasons, Ping),
+            end_ej_rss_b => (maps:get(ej_rss, R3) - maps:get(ej_rss, R0)) * 1024 / N,
+            end_mp_rss_b => (maps:get(mp_rss, R3) - maps:get(mp_rss, R0)) * 1024 / N},
+    (Sessions =:= N andalso Conns =:= N andalso Live =:= N andalso maps:get(failed, Ping) =:= 0)
+        orelse fail("after holding: ejabberd counts ~b sessions, Megaphone ~b connections, "
+                    "~b clients live, ~b of ~b answered a ping (~p); expected ~b each",
+                    [Sessions, Conns, Live, maps:get(ok, Ping), N, maps:get(reasons, Ping), N]),
+    Res.
+
+%% Every 10 s until the deadline: ejabberd still counts N sessions, the
+%% Megaphone nodes N connections, and no client session went down.
+hold(Cfg = #{ej := Ej, mp := MPs, n := N}, Pools, Deadline, Checks) ->
+    case remaining(Deadline) of
+        0 ->
+            Checks;
+        Left ->
+            timer:sleep(min(10000, Left)),
+            S = ej_sessions(Ej),
+            C = mp_connections(MPs),
+            Down = lists:sum([maps:get(down, megaphone_bench_load:call(P, status, 30000)) || P <- Pools]),
+            (S =:= N andalso C =:= N andalso Down =:= 0)
+                orelse fail("while holding: ejabberd counts ~b sessions, Megaphone ~b connections, "
+                            "~b client sessions down; expected ~b, ~b, 0", [S, C, Down, N, N]),
+            progress("  holding: ~b sessions, ~b connections, 0 down (~b s left)",
+                     [S, C, remaining(Deadline) div 1000]),
+            hold(Cfg, Pools, Deadline, Checks + 1)
+    end.
