@@ -22,8 +22,9 @@ public final class DistributionLink {
         var fd: CInt
         var name: String
         var node: UInt16
-        /// Last time anything arrived from the peer or was sent to it.
-        var lastActive: Int64
+        /// Last time anything (a message or a tick) arrived from the peer. What we send does not count:
+        /// the kernel of a frozen (SIGSTOPped) peer still acknowledges it.
+        var lastHeard: Int64
     }
 
     private struct Shutdown {
@@ -118,11 +119,8 @@ public final class DistributionLink {
                 for peer in peers where CEI_pending_input(peer.fd) > 0 { receive(from: peer.fd) }
             }
             flushPeers()
-            let now = monotonicMillis()
-            for peer in peers where now - peer.lastActive > netTicktimeMillis {
-                dropPeer(fd: peer.fd, reason: "net_tick_timeout")
-            }
-            if let shutdown, now > shutdown.deadline {
+            dropSilentPeers()
+            if let shutdown, monotonicMillis() > shutdown.deadline {
                 logger.warning("Shutdown deadline passed; stopping with connections still open")
                 finishShutdown()
             }
@@ -182,7 +180,7 @@ public final class DistributionLink {
         if let old = peers.first(where: { $0.node == index }) {
             dropPeer(fd: old.fd, reason: "replaced by a new connection")
         }
-        peers.append(Peer(fd: fd, name: name, node: index, lastActive: monotonicMillis()))
+        peers.append(Peer(fd: fd, name: name, node: index, lastHeard: monotonicMillis()))
         logger.info("Erlang node connected", metadata: ["peer": "\(name)"])
     }
 
@@ -200,6 +198,26 @@ public final class DistributionLink {
         }
     }
 
+    /// Drops every peer from which nothing at all has arrived for net_ticktime, as Erlang does: a live
+    /// node sends something (at least a tick) every net_ticktime/4, so silence means it is dead or
+    /// frozen, even while its kernel still takes our bytes. A peer whose input is waiting unread (this
+    /// thread was busy, or was itself stopped) is not silent: it is read on the next turn.
+    private func dropSilentPeers() {
+        let now = monotonicMillis()
+        for peer in peers where now - peer.lastHeard > netTicktimeMillis && !hasInput(peer.fd) {
+            counters.netTickTimeouts.add(1, ordering: .relaxed)
+            logger.warning("Nothing heard from an Erlang node for net_ticktime: dropping it",
+                           metadata: ["peer": "\(peer.name)", "silent.ms": "\(now - peer.lastHeard)"])
+            dropPeer(fd: peer.fd, reason: "net_tick_timeout")
+        }
+    }
+
+    private func hasInput(_ fd: CInt) -> Bool {
+        if CEI_pending_input(fd) > 0 { return true }
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        return poll(&p, 1, 0) > 0
+    }
+
     /// Receives what `fd` has: one message, then more while they are already buffered (at most 256, so
     /// that one busy peer cannot starve the others).
     private func receive(from fd: CInt) {
@@ -214,7 +232,7 @@ public final class DistributionLink {
         var message = erlang_msg()
         message.msgtype = -1
         let rc = ei_xreceive_msg_tmo(fd, &message, &receiveBuffer, ioTimeoutMillis)
-        peers[i].lastActive = monotonicMillis()
+        peers[i].lastHeard = monotonicMillis()
         defer { trimReceiveBuffer() }
         switch rc {
         case CInt(CEI_ERL_TICK):
@@ -489,10 +507,6 @@ public final class DistributionLink {
         CEI_pid_set(&to, nodeName, pid.num, pid.serial, pid.creation)
         let fd = peers[i].fd
         let rc = encoder.withBuffer { ei_send_tmo(fd, &to, $0, $1, ioTimeoutMillis) }
-        if rc < 0 {
-            dropPeer(fd: fd, reason: ErrnoName.erlang(CEI_erl_errno()))
-        } else {
-            peers[i].lastActive = monotonicMillis()
-        }
+        if rc < 0 { dropPeer(fd: fd, reason: ErrnoName.erlang(CEI_erl_errno())) }
     }
 }
