@@ -148,7 +148,8 @@ class World:
 
     # ---- observations
     def ej_counts(self) -> dict:
-        """Sessions in ejabberd_sm, live c2s processes, mod_megaphone's session and monitor tables."""
+        """Sessions in ejabberd_sm, live c2s processes, mod_megaphone's session and monitor tables and
+        its per-node session count."""
         return self.ej.rpc("""
             C2S = length([P || P <- erlang:processes(),
                                case catch proc_lib:initial_call(P) of
@@ -156,8 +157,11 @@ class World:
                                    _ -> false
                                end]),
             S = sys:get_state(mod_megaphone, 5000),
+            %% #state{nodes (4), sessions (5), monitors (6)}; #mp_node{sessions (7)}: what
+            %% megaphone_status reports
             #{sm => length(ejabberd_sm:dirty_get_my_sessions_list()), c2s => C2S,
-              mp_sessions => map_size(element(5, S)), mp_monitors => map_size(element(6, S))}.""",
+              mp_sessions => map_size(element(5, S)), mp_monitors => map_size(element(6, S)),
+              mp_status_sessions => lists:sum([element(7, N) || N <- maps:values(element(4, S))])}.""",
                            timeout=20)
 
     def mp_stats(self) -> dict:
@@ -179,7 +183,7 @@ class World:
         load, n_mp, n_all = self.load, self.load.count("megaphone"), self.load.count()
         wait_for(lambda: load.online() == n_all, deadline, f"[{label}] all {n_all} clients logged in",
                  interval=0.2, on_timeout=lambda: load.offline_summary() + "\n" + self.logs())
-        want = {"sm": n_all, "c2s": n_all, "mp_sessions": n_mp, "mp_monitors": n_mp}
+        want = {"sm": n_all, "c2s": n_all, "mp_sessions": n_mp, "mp_monitors": n_mp, "mp_status_sessions": n_mp}
         got: dict = {}
 
         def settled() -> bool:
@@ -346,10 +350,14 @@ class World:
 
 
 def plan(cycles: int, rng: random.Random, faults: list[str] = FAULTS) -> list[str]:
-    """`cycles` faults: each kind at least once (when cycles allow), the rest drawn at random."""
-    seq = list(faults)[:cycles] + [rng.choice(faults) for _ in range(max(0, cycles - len(faults)))]
-    rng.shuffle(seq)
-    return seq
+    """`cycles` faults, balanced: shuffled rounds of every kind (20 cycles of the 7 kinds: each 2 or 3
+    times), so every kind is exercised whatever the seed."""
+    seq: list[str] = []
+    while len(seq) < cycles:
+        round_ = list(faults)
+        rng.shuffle(round_)
+        seq += round_
+    return seq[:cycles]
 
 
 def memory_verdict(first: Sample, last: Sample, mp_tol: float, ej_tol: float) -> list[str]:

@@ -27,6 +27,10 @@ public final class DistributionLink {
         var lastHeard: Int64
     }
 
+    private struct WeakListener {
+        weak var listener: Listener?
+    }
+
     private struct Shutdown {
         var waiters: [(pid: PidRef, ref: [UInt8])]
         var drained: Set<Int>
@@ -50,6 +54,11 @@ public final class DistributionLink {
     private var options = StartOptions()
     /// Open listeners by what `start` asked for, so a repeated `start` keeps them (and their port).
     private var listeners: [ListenerSpec: Listener] = [:]
+    /// Listeners closed lately that a reactor may still hold, which keeps their socket bound (it
+    /// closes with the last reference). A `start` that asks for one again takes it back: binding a
+    /// second socket to its port would fail with EADDRINUSE until the reactors let go, as when the
+    /// controller's node reconnects and starts us again at once (seen in the fault run).
+    private var closing: [ListenerSpec: WeakListener] = [:]
     private var shutdown: Shutdown? = nil
     /// What the reactors run with since the last start (for a SIGHUP reload).
     private var reactorConfig: ReactorConfig? = nil
@@ -350,9 +359,16 @@ public final class DistributionLink {
         }
         var next: [ListenerSpec: Listener] = [:]
         var opened: [Listener] = []
+        closing = closing.filter { $0.value.listener != nil }
         for spec in options.listeners where next[spec] == nil {
             if let existing = listeners[spec] {
                 next[spec] = existing
+                continue
+            }
+            if let closed = closing[spec]?.listener {
+                // Each reactor's commands run in order: its removeListener, then this addListener.
+                next[spec] = closed
+                opened.append(closed)
                 continue
             }
             do {
@@ -366,10 +382,11 @@ public final class DistributionLink {
         }
         let controller = options.controller ?? from
         let config = ReactorConfig(controller: controller, options: options, tls: tls)
-        let removed = listeners.filter { next[$0.key] == nil }.map(\.value)
+        let removed = listeners.filter { next[$0.key] == nil }
+        for (spec, listener) in removed { closing[spec] = WeakListener(listener: listener) }
         for reactor in reactors {
             reactor.commands.post(.configure(config))
-            for listener in removed { reactor.commands.post(.removeListener(listener)) }
+            for listener in removed.values { reactor.commands.post(.removeListener(listener)) }
             for listener in opened { reactor.commands.post(.addListener(listener)) }
         }
         listeners = next
@@ -387,8 +404,9 @@ public final class DistributionLink {
     }
 
     private func closeListeners() {
-        for listener in listeners.values {
+        for (spec, listener) in listeners {
             for reactor in reactors { reactor.commands.post(.removeListener(listener)) }
+            closing[spec] = WeakListener(listener: listener)
         }
         listeners = [:]
     }
