@@ -17,7 +17,8 @@ Faults (FAULTS), each with the time it took the other side to notice, bounded:
 After every fault, check(): every client logged in again (deadline), ejabberd holds exactly one
 session and one c2s process per connected client and mod_megaphone's session table one entry per
 Megaphone client, the node holds one connection per Megaphone client and as many other fds as at the
-start, and a ring of messages through all clients is delivered. Memory (VmRSS of the node and of the
+start, a ring of messages through all clients is delivered, and neither log has an error (apart
+from Erlang's "node not responding" for a frozen peer). Memory (VmRSS of the node and of the
 beam) is sampled at every check; the caller compares the end with the start.
 """
 from __future__ import annotations
@@ -178,6 +179,23 @@ class World:
         return (f"node pid {s.mp_pid} fds {s.mp_fds} ({s.mp_connections} clients + {s.mp_other_fds} other) "
                 f"RSS {s.mp_rss_kb} kB; beam pid {s.ej_pid} RSS {s.ej_rss_kb} kB")
 
+    # Log lines that are expected under these faults: Erlang's own report of a frozen or lost node.
+    EXPECTED_ERRORS = ("not responding",)
+
+    def log_problems(self) -> list[str]:
+        """Error entries in ejabberd's error.log (one per entry header) and error, critical or
+        `Cannot listen` lines in the node's log, apart from EXPECTED_ERRORS."""
+        out = []
+        for path, marks in ((self.ej.error_log_path, ("[error]", "[critical]")),
+                            (self.mp.log_path, (" error ", " critical ", "Cannot listen"))):
+            try:
+                text = Path(path).read_text(errors="replace")
+            except FileNotFoundError:
+                continue
+            out += [line.strip() for line in text.splitlines()
+                    if any(m in line for m in marks) and not any(e in line for e in self.EXPECTED_ERRORS)]
+        return out
+
     # ---- the check after every fault
     def check(self, label: str, deadline: float = 90) -> Sample:
         load, n_mp, n_all = self.load, self.load.count("megaphone"), self.load.count()
@@ -201,6 +219,9 @@ class World:
         if missing:
             raise FaultCheckFailed(f"[{label}] {len(missing)} of {n_all} ring messages not delivered, "
                                    f"e.g. {missing[:3]}")
+        problems = self.log_problems()
+        if problems:
+            raise FaultCheckFailed(f"[{label}] errors logged: " + "\n  ".join(problems[:10]))
         s = self.sample(label)
         if self.baseline is not None and s.mp_other_fds != self.baseline.mp_other_fds:
             # one more look: a connection may have been counted a moment before its fd was closed
