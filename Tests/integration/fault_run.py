@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from faults import FAULTS, FaultCheckFailed, World, format_results, memory_verdict, plan  # noqa: E402
+from faults import FAULTS, World, format_results, memory_verdict, plan  # noqa: E402
 
 
 def main() -> int:
@@ -84,10 +84,11 @@ def main() -> int:
         ok = not problems
         print(f"\nfault-run: {'PASS' if ok else 'FAIL'} (seed {seed}, {len(world.results)} faults, "
               f"{time.monotonic() - t_start:.0f}s)")
-    except (FaultCheckFailed, TimeoutError, Exception) as e:  # noqa: BLE001 - reported, then exit 1
+    except Exception as e:  # noqa: BLE001 - a failed check or a harness error: reported, exit 1
         traceback.print_exc()
-        print(f"\nfault-run: FAIL (seed {seed}): {e}".splitlines()[0] + " ...")
-        print(format_results(world))
+        print("\n" + format_results(world))
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        print(f"\nfault-run: FAIL (seed {seed}, after {len(world.results)} faults): {first}")
     finally:
         world.stop()
         if ok and not args.keep:

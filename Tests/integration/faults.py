@@ -103,7 +103,6 @@ class World:
         name = harness.unique("mpft_")
         node = f"{name}@localhost"
         self.port = free_port()
-        # resume_timeout 0 is not allowed; the load does not enable stream management anyway
         self.ej = Ejabberd(self.base, {node: self.port}, cookie=cookie, connect_retry=1,
                            net_ticktime=self.ticktime)
         self.mp = MegaphoneNode(self.base / "nodes", cookie, self.ej.helper, name=name,
@@ -111,21 +110,12 @@ class World:
         self.mp.start()
         self.ej.start()
         wait_for(self.mp.listening, 30, "mod_megaphone to attach the node", on_timeout=self.logs)
-        specs = []
-        users = []
-        for i in range(self.n_mp + self.n_native):
-            # interleaved, so that the message ring crosses between Megaphone and native clients
-            kind = "native" if self.n_native and i % max(2, (self.n_mp + self.n_native) // self.n_native) == 1 \
-                and sum(s.kind == "native" for s in specs) < self.n_native else "megaphone"
-            users.append((f"ft{i}_{secrets.token_hex(3)}", secrets.token_urlsafe(9)))
-            specs.append(ClientSpec(users[-1][0], users[-1][1],
-                                    self.port if kind == "megaphone" else self.ej.c2s_port, kind))
-        # top up natives the interleaving did not place
-        for s in specs[::-1]:
-            if sum(x.kind == "native" for x in specs) >= self.n_native:
-                break
-            if s.kind == "megaphone":
-                s.kind, s.port = "native", self.ej.c2s_port
+        # natives spread evenly, so that the message ring crosses between Megaphone and native clients
+        total = self.n_mp + self.n_native
+        natives = {k * total // self.n_native for k in range(self.n_native)} if self.n_native else set()
+        users = [(f"ft{i}_{secrets.token_hex(3)}", secrets.token_urlsafe(9)) for i in range(total)]
+        specs = [ClientSpec(u, p, self.ej.c2s_port, "native") if i in natives else
+                 ClientSpec(u, p, self.port, "megaphone") for i, (u, p) in enumerate(users)]
         self.ej.rpc("[ok = ejabberd_auth:try_register(U, <<\"localhost\">>, P) || {U, P} <- "
                     + "[" + ",".join(f"{{{harness.binary(u)}, {harness.binary(p)}}}" for u, p in users) + "]], ok.",
                     timeout=120)
