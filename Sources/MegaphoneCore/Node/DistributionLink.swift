@@ -22,8 +22,13 @@ public final class DistributionLink {
         var fd: CInt
         var name: String
         var node: UInt16
-        /// Last time anything arrived from the peer or was sent to it.
-        var lastActive: Int64
+        /// Last time anything (a message or a tick) arrived from the peer. What we send does not count:
+        /// the kernel of a frozen (SIGSTOPped) peer still acknowledges it.
+        var lastHeard: Int64
+    }
+
+    private struct WeakListener {
+        weak var listener: Listener?
     }
 
     private struct Shutdown {
@@ -58,6 +63,11 @@ public final class DistributionLink {
     private var options = StartOptions()
     /// Open listeners by what `start` asked for, so a repeated `start` keeps them (and their port).
     private var listeners: [ListenerSpec: Listener] = [:]
+    /// Listeners closed lately that a reactor may still hold, which keeps their socket bound (it
+    /// closes with the last reference). A `start` that asks for one again takes it back: binding a
+    /// second socket to its port would fail with EADDRINUSE until the reactors let go, as when the
+    /// controller's node reconnects and starts us again at once (seen in the fault run).
+    private var closing: [ListenerSpec: WeakListener] = [:]
     private var shutdown: Shutdown? = nil
     /// What the reactors run with since the last start (for a SIGHUP reload).
     private var reactorConfig: ReactorConfig? = nil
@@ -144,11 +154,8 @@ public final class DistributionLink {
                 }
             }
             flushPeers()
-            let now = monotonicMillis()
-            for peer in peers where now - peer.lastActive > netTicktimeMillis {
-                dropPeer(fd: peer.fd, reason: "net_tick_timeout")
-            }
-            if let shutdown, now > shutdown.deadline {
+            dropSilentPeers()
+            if let shutdown, monotonicMillis() > shutdown.deadline {
                 logger.warning("Shutdown deadline passed; stopping with connections still open")
                 finishShutdown()
             }
@@ -208,7 +215,7 @@ public final class DistributionLink {
         if let old = peers.first(where: { $0.node == index }) {
             dropPeer(fd: old.fd, reason: "replaced by a new connection")
         }
-        peers.append(Peer(fd: fd, name: name, node: index, lastActive: monotonicMillis()))
+        peers.append(Peer(fd: fd, name: name, node: index, lastHeard: monotonicMillis()))
         logger.info("Erlang node connected", metadata: ["peer": "\(name)"])
     }
 
@@ -226,6 +233,26 @@ public final class DistributionLink {
         }
     }
 
+    /// Drops every peer from which nothing at all has arrived for net_ticktime, as Erlang does: a live
+    /// node sends something (at least a tick) every net_ticktime/4, so silence means it is dead or
+    /// frozen, even while its kernel still takes our bytes. A peer whose input is waiting unread (this
+    /// thread was busy, or was itself stopped) is not silent: it is read on the next turn.
+    private func dropSilentPeers() {
+        let now = monotonicMillis()
+        for peer in peers where now - peer.lastHeard > netTicktimeMillis && !hasInput(peer.fd) {
+            counters.netTickTimeouts.add(1, ordering: .relaxed)
+            logger.warning("Nothing heard from an Erlang node for net_ticktime: dropping it",
+                           metadata: ["peer": "\(peer.name)", "silent.ms": "\(now - peer.lastHeard)"])
+            dropPeer(fd: peer.fd, reason: "net_tick_timeout")
+        }
+    }
+
+    private func hasInput(_ fd: CInt) -> Bool {
+        if CEI_pending_input(fd) > 0 { return true }
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        return poll(&p, 1, 0) > 0
+    }
+
     /// Receives what `fd` has: one message, then more while they are already buffered (at most 256, so
     /// that one busy peer cannot starve the others).
     private func receive(from fd: CInt) {
@@ -240,7 +267,7 @@ public final class DistributionLink {
         let message = messageHeader
         message.pointee.msgtype = -1
         let rc = ei_xreceive_msg_tmo(fd, message, &receiveBuffer, ioTimeoutMillis)
-        peers[i].lastActive = monotonicMillis()
+        peers[i].lastHeard = monotonicMillis()
         defer { trimReceiveBuffer() }
         switch rc {
         case CInt(CEI_ERL_TICK):
@@ -358,9 +385,16 @@ public final class DistributionLink {
         }
         var next: [ListenerSpec: Listener] = [:]
         var opened: [Listener] = []
+        closing = closing.filter { $0.value.listener != nil }
         for spec in options.listeners where next[spec] == nil {
             if let existing = listeners[spec] {
                 next[spec] = existing
+                continue
+            }
+            if let closed = closing[spec]?.listener {
+                // Each reactor's commands run in order: its removeListener, then this addListener.
+                next[spec] = closed
+                opened.append(closed)
                 continue
             }
             do {
@@ -374,10 +408,11 @@ public final class DistributionLink {
         }
         let controller = options.controller ?? from
         let config = ReactorConfig(controller: controller, options: options, tls: tls)
-        let removed = listeners.filter { next[$0.key] == nil }.map(\.value)
+        let removed = listeners.filter { next[$0.key] == nil }
+        for (spec, listener) in removed { closing[spec] = WeakListener(listener: listener) }
         for reactor in reactors {
             reactor.commands.post(.configure(config))
-            for listener in removed { reactor.commands.post(.removeListener(listener)) }
+            for listener in removed.values { reactor.commands.post(.removeListener(listener)) }
             for listener in opened { reactor.commands.post(.addListener(listener)) }
         }
         listeners = next
@@ -395,8 +430,9 @@ public final class DistributionLink {
     }
 
     private func closeListeners() {
-        for listener in listeners.values {
+        for (spec, listener) in listeners {
             for reactor in reactors { reactor.commands.post(.removeListener(listener)) }
+            closing[spec] = WeakListener(listener: listener)
         }
         listeners = [:]
     }
@@ -523,10 +559,6 @@ public final class DistributionLink {
         CEI_pid_set(&to, nodeName, pid.num, pid.serial, pid.creation)
         let fd = peers[i].fd
         let rc = encoder.withBuffer { ei_send_tmo(fd, &to, $0, $1, ioTimeoutMillis) }
-        if rc < 0 {
-            dropPeer(fd: fd, reason: ErrnoName.erlang(CEI_erl_errno()))
-        } else {
-            peers[i].lastActive = monotonicMillis()
-        }
+        if rc < 0 { dropPeer(fd: fd, reason: ErrnoName.erlang(CEI_erl_errno())) }
     }
 }

@@ -47,6 +47,8 @@ public final class Counters: Sendable {
     /// TLS certificates loaded (each start with a certfile, each SIGHUP), and loads that failed.
     public let certificateLoads = Atomic<Int>(0)
     public let certificateLoadFailures = Atomic<Int>(0)
+    /// Erlang nodes dropped because nothing, not even a tick, came from them for net_ticktime.
+    public let netTickTimeouts = Atomic<Int>(0)
     private let closedCounts: [ClosedCounter] = CloseReason.allCases.map { _ in ClosedCounter() }
 
     public init() {}
@@ -64,6 +66,7 @@ public final class Counters: Sendable {
             ("undeliverable", undeliverable.load(ordering: .relaxed)),
             ("certificate_loads", certificateLoads.load(ordering: .relaxed)),
             ("certificate_load_failures", certificateLoadFailures.load(ordering: .relaxed)),
+            ("net_tick_timeouts", netTickTimeouts.load(ordering: .relaxed)),
         ]
     }
 
