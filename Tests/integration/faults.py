@@ -148,11 +148,11 @@ class World:
                                    _ -> false
                                end]),
             S = sys:get_state(mod_megaphone, 5000),
-            %% #state{nodes (4), sessions (5), monitors (6)}; #mp_node{sessions (7)}: what
-            %% megaphone_status reports
+            %% #state{sessions (5), monitors (6)}; the per-node counts as megaphone_status
+            %% reports them (mod_megaphone:status/0)
             #{sm => length(ejabberd_sm:dirty_get_my_sessions_list()), c2s => C2S,
               mp_sessions => map_size(element(5, S)), mp_monitors => map_size(element(6, S)),
-              mp_status_sessions => lists:sum([element(7, N) || N <- maps:values(element(4, S))])}.""",
+              mp_status_sessions => lists:sum([N || #{sessions := N} <- mod_megaphone:status()])}.""",
                            timeout=20)
 
     def mp_stats(self) -> dict:
