@@ -55,8 +55,8 @@ async def open_way(env, way: str) -> Raw:
     if way == "tls":
         ctx = ssl.create_default_context(cafile=str(env.ca))
         t0 = time.monotonic()
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection("127.0.0.1", env.port("tls"), ssl=ctx, server_hostname=XMPP_HOST), 5)
+        connecting = asyncio.open_connection("127.0.0.1", env.port("tls"), ssl=ctx, server_hostname=XMPP_HOST)
+        reader, writer = await asyncio.wait_for(connecting, 5)
         return Raw(way, reader, writer, t0)
     if way == "tcp":
         return await Raw.connect(way, env.port("tcp"))

@@ -104,7 +104,8 @@ hostile_verbs(Fixture = #{node := Node}) ->
                 fun(Arity) ->
                         lists:foreach(
                           fun(_) ->
-                                  Msg = list_to_tuple([Verb | [field() || _ <- lists:seq(2, Arity)]]),
+                                  Fields = [field() || _ <- lists:seq(2, Arity)],
+                                  Msg = list_to_tuple([Verb | Fields]),
                                   exchange(Node, make_safe(Msg))
                           end, lists:seq(1, 20))
                 end, lists:seq(1, 6))
@@ -159,7 +160,10 @@ dist_operations(Fixture = #{node := Node}) ->
          fun() -> exit(NodePid, {odd, make_ref(), self()}) end,
          fun() -> exit(NodePid, kill) end,
          fun() -> true = unlink(NodePid) end,
-         fun() -> M = erlang:monitor(process, {megaphone, Node}), true = erlang:demonitor(M, [flush]) end,
+         fun() ->
+                 M = erlang:monitor(process, {megaphone, Node}),
+                 true = erlang:demonitor(M, [flush])
+         end,
          fun() -> M = erlang:monitor(process, NodePid), true = erlang:demonitor(M, [flush]) end,
          fun() -> _ = erlang:monitor(process, {megaphone, Node}) end,
          fun() -> _ = erlang:monitor(process, {nobody, Node}) end,
@@ -261,7 +265,9 @@ make_safe(Msg) -> Msg.
 random_message() ->
     case rand:uniform(4) of
         1 -> term(3);
-        2 -> make_safe(list_to_tuple([verb() | [field() || _ <- lists:seq(1, rand:uniform(5) - 1)]]));
+        2 ->
+            Fields = [field() || _ <- lists:seq(1, rand:uniform(5) - 1)],
+            make_safe(list_to_tuple([verb() | Fields]));
         _ -> make_safe(well_shaped())
     end.
 
@@ -295,9 +301,11 @@ option() ->
     Name = pick([listen, max_connections, max_chunk, send_queue_limit, input_buffer_limit,
                  controller, certfile, ciphers, tls_min_version, handshake_timeout,
                  max_handshakes_per_ip, atom()]),
-    Value = pick([[{pick([tcp, tls, starttls, udp]), pick([any, {127, 0, 0, 1}, {1, 2, 3}, {0, 0, 0, 0, 0, 0, 0, 1},
-                                                            {256, 0, 0, 1}]), pick([0, 65536, -1])}],
-                  infinity, 0, 1, -5, 1 bsl 70, 'tlsv1.3', "/nonexistent", ghost_pid(), field()]),
+    Listener = {pick([tcp, tls, starttls, udp]),
+                pick([any, {127, 0, 0, 1}, {1, 2, 3}, {0, 0, 0, 0, 0, 0, 0, 1}, {256, 0, 0, 1}]),
+                pick([0, 65536, -1])},
+    Value = pick([[Listener], infinity, 0, 1, -5, 1 bsl 70, 'tlsv1.3', "/nonexistent",
+                  ghost_pid(), field()]),
     pick([{Name, Value}, {Name}, {Name, Value, extra}, Name]).
 
 conn_id() ->

@@ -33,7 +33,8 @@ public func fuzzRequest(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
             check(bytes.firstRange(of: ref) != nil, "echoed Ref is not from the request")
             // {megaphone_error, Ref, _}: 131, 104 3, 119 15 "megaphone_error", then the Ref.
             let start = 20
-            check(reply.count >= start + ref.count && Array(reply[start..<(start + ref.count)]) == ref, "Ref not echoed")
+            let echoed = reply.count >= start + ref.count && Array(reply[start..<(start + ref.count)]) == ref
+            check(echoed, "Ref not echoed")
             tagRange = start..<(start + ref.count)
         }
         check(StrictTerm.isWellFormed(reply, opaque: tagRange), "malformed error reply")

@@ -11,7 +11,8 @@ public func fuzzTerms(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     bytes.withUnsafeBytes { raw in
         var r = TermReader(raw, offset: 1)
         if let range = try? r.skipTerm() {
-            check(range.lowerBound == 1 && range.upperBound <= raw.count && range.upperBound == r.offset, "skipTerm range")
+            let inside = range.lowerBound == 1 && range.upperBound <= raw.count && range.upperBound == r.offset
+            check(inside, "skipTerm range")
         }
         for limit in [0, 7, 1 << 20] {
             var r = TermReader(raw, offset: 1)
