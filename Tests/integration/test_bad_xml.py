@@ -24,7 +24,7 @@ import pytest
 
 from clients import Session, run, until
 from harness import XMPP_HOST
-from test_tls import PROCEED, STARTTLS, Raw, chat, tls_login
+from test_tls import PROCEED, STARTTLS, Raw, chat, closed_counts, closed_delta, tls_login
 
 HEADER = ("<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' "
           "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>").encode()
@@ -44,7 +44,9 @@ PAYLOADS = {
 # The stream header itself is wrong (sent instead of HEADER).
 BAD_HEADERS = {
     "wrong-namespace": (b"<stream:stream to='localhost' xmlns='jabber:client' "
-                        b"xmlns:stream='urn:wrong' version='1.0'>", None),
+                        b"xmlns:stream='urn:wrong' version='1.0'>", b"invalid-namespace"),
+    # ejabberd closes it (max_stanza_size) with nothing received, or a stream error lost to the
+    # reset that closing with unread input causes: only the close is asserted.
     "header-without-end": (b"<stream:stream to='" + b"l" * (2 * MAX_STANZA), None),
 }
 WAYS = ["tcp", "starttls-before-tls", "starttls-after-tls", "tls"]
@@ -106,6 +108,7 @@ def test_bad_xml_before_login_closes_only_that_client(tls_env, way, name):
             await until(lambda: env.node.connections() == 1, 5, "the node to hold alice alone")
             sessions_before = env.megaphone_c2s()
             fds_before = env.node.fd_count()
+            closed_before = closed_counts(env.node)
 
             raw = await open_way(env, way)
             if name in PAYLOADS:
@@ -113,12 +116,24 @@ def test_bad_xml_before_login_closes_only_that_client(tls_env, way, name):
                 raw.send(HEADER)
                 if way != "starttls-before-tls":
                     await raw.read_until(b"<stream:features")
-                await send_all(raw, payload)
             else:
                 payload, error = BAD_HEADERS[name]
-                await send_all(raw, payload)
-            await raw.wait_closed(CLOSE_WITHIN)
+            # Read while writing: a stream error that arrives mid-write is kept even if a reset
+            # follows (a peer that closes with our input unread resets the connection).
+            closed = asyncio.create_task(raw.wait_closed(CLOSE_WITHIN))
+            await send_all(raw, payload)
+            await closed
             want = expected_error(way, name, error)
+            if way == "starttls-before-tls":
+                # Refused by the node itself, and counted. The node closes with the client's input
+                # unread, so the kernel sends a reset, which may discard the stream error before
+                # the client reads it: it is asserted only for input small enough to have been
+                # read whole (one segment on loopback) before the node decided.
+                def refused() -> int | None:
+                    return closed_delta(closed_before, closed_counts(env.node)).get("starttls_refused")
+                await until(lambda: refused() == 1, 5, "the refusal to be counted as starttls_refused")
+                if len(HEADER) + len(payload) > 1024:
+                    want = None
             if want is not None:
                 assert b"<stream:error>" in raw.received and want in raw.received, \
                     f"{way}/{name}: closed without a {want!r} stream error: {raw.received[-300:]!r}"
