@@ -57,7 +57,7 @@ extension ErrorReason {
         case .unknownRequest(let tag):
             e.tuple(2)
             e.atom("unknown_request")
-            e.atom(tag.map { String($0.prefix(255)) } ?? "undefined")
+            e.atom(tag.map(\.atomPrefix) ?? "undefined")
         case .badarg(let field):
             e.tuple(2)
             e.atom("badarg")
@@ -65,7 +65,7 @@ extension ErrorReason {
         case .badopt(let name):
             e.tuple(2)
             e.atom("badopt")
-            e.atom(String(name.prefix(255)))
+            e.atom(name.atomPrefix)
         case .tooLarge(let limit):
             e.tuple(2)
             e.atom("too_large")
@@ -97,4 +97,10 @@ extension ListenerSpec {
         e.ip(ip)
         e.uint(UInt64(port))
     }
+}
+
+extension String {
+    /// At most 255 code points: the longest atom Erlang decodes. (Not 255 Characters: one Character
+    /// can hold any number of combining code points, and ei refuses to encode the longer atom.)
+    var atomPrefix: String { String(String.UnicodeScalarView(unicodeScalars.prefix(255))) }
 }

@@ -54,4 +54,26 @@ struct EventTests {
             #expect(try r.readAtom() == "foo")
         }
     }
+
+    /// Found by fuzz/FuzzRequest: a peer's atom of one letter and 300 combining accents is one
+    /// Character, so cutting the echoed name at 255 Characters left 301 code points. ei refused to
+    /// encode it and the reply went out as a 2-tuple holding one element, a term no Erlang node can
+    /// decode (it drops the link). Atoms are cut at 255 code points, Erlang's limit.
+    @Test func echoedAtomsAreCutAtErlangsLimit() throws {
+        let long = "e" + String(repeating: "\u{301}", count: 300)
+        for reason in [ErrorReason.unknownRequest(tag: long), .badopt(long)] {
+            let bytes = encode(.requestError(tag: .undefined, reason: reason))
+            try bytes.withUnsafeBytes { raw in
+                var r = TermReader(raw)
+                try r.readVersion()
+                #expect(try r.readTupleHeader() == 3)
+                #expect(try r.readAtom() == "megaphone_error")
+                #expect(try r.readAtom() == "undefined")
+                #expect(try r.readTupleHeader() == 2)
+                _ = try r.readAtom()
+                #expect(try r.readAtom().unicodeScalars.count == 255)
+                #expect(r.isAtEnd)
+            }
+        }
+    }
 }

@@ -1,0 +1,34 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// libFuzzer targets for what Megaphone parses from the outside: the distribution terms (TermReader,
+// Request) and the plaintext STARTTLS opening (StartTLSNegotiator). A package of its own so that the
+// main `swift build`/`swift test` never sees `-sanitize=fuzzer`; scripts/fuzz builds it with
+//   swift build -c debug -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library
+// and runs each target for a bounded time over its seed corpus in corpus/<Target>/.
+//
+// SwiftPM links an executable target's entry point as `<Target>_main`; libFuzzer brings its own
+// `main`, so each target defines `<Target>_main` and hands over to `LLVMFuzzerRunDriver` (CFuzzDriver).
+let package = Package(
+    name: "megaphone-fuzz",
+    dependencies: [.package(name: "megaphone", path: "..")],
+    targets: [
+        .target(name: "CFuzzDriver", path: "Sources/CFuzzDriver"),
+        .executableTarget(
+            name: "FuzzTerms",
+            dependencies: ["CFuzzDriver", .product(name: "MegaphoneCore", package: "megaphone")],
+            path: "Sources/FuzzTerms"
+        ),
+        .executableTarget(
+            name: "FuzzRequest",
+            dependencies: ["CFuzzDriver", .product(name: "MegaphoneCore", package: "megaphone")],
+            path: "Sources/FuzzRequest"
+        ),
+        .executableTarget(
+            name: "FuzzStartTLS",
+            dependencies: ["CFuzzDriver", .product(name: "MegaphoneCore", package: "megaphone")],
+            path: "Sources/FuzzStartTLS"
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,11 @@
+#ifndef CFUZZDRIVER_H
+#define CFUZZDRIVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/// libFuzzer's entry point for programs that have their own main (compiler-rt FuzzerInterface.h).
+/// Present only when linked with -sanitize=fuzzer.
+int LLVMFuzzerRunDriver(int *argc, char ***argv, int (*callback)(const uint8_t *data, size_t size));
+
+#endif
