@@ -54,16 +54,17 @@ public enum Server {
         let output = try Mailbox<ReactorOutput>(signalling: !inline)
         let limiter = HandshakeLimiter()
         let distQueue = DistQueue(limit: configuration.distQueueLimit)
+        let requests = DistQueue(limit: configuration.distQueueLimit)
         let addresses = AddressLimiter()
         var reactors: [Reactor] = []
         for index in 0..<configuration.threads {
             reactors.append(try Reactor(index: index, output: output, counters: counters, limiter: limiter,
-                                        addresses: addresses, distQueue: distQueue, inline: inline,
+                                        addresses: addresses, distQueue: distQueue, requests: requests, inline: inline,
                                         logger: logger))
         }
         for reactor in reactors { reactor.siblings = reactors }
         let link = try DistributionLink(node: node, reactors: reactors, inline: inline ? reactors.first : nil,
-                                        output: output, distQueue: distQueue, counters: counters,
+                                        output: output, distQueue: distQueue, requests: requests, counters: counters,
                                         netTicktimeSeconds: configuration.netTicktime, logger: logger)
         if !inline {
             for reactor in reactors {

@@ -60,6 +60,8 @@ public final class Reactor: @unchecked Sendable {
     /// Armed connections left unread while the distribution queue was full, until `.resumeReads`.
     private var starved: Set<UInt64> = []
     let distQueue: DistQueue
+    /// put_data and send_data bytes the distribution thread posted to this reactor (and its siblings).
+    let requests: DistQueue
     private var shuttingDown = false
     private var running = true
     private let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: 256)
@@ -83,9 +85,10 @@ public final class Reactor: @unchecked Sendable {
     /// its commands need no eventfd.
     init(index: Int, output: Mailbox<ReactorOutput>, counters: Counters,
          limiter: HandshakeLimiter = HandshakeLimiter(), addresses: AddressLimiter = AddressLimiter(),
-         distQueue: DistQueue = DistQueue(limit: 64 << 20), inline: Bool = false,
-         logger: Logger) throws(SystemError) {
+         distQueue: DistQueue = DistQueue(limit: 64 << 20), requests: DistQueue = DistQueue(limit: 64 << 20),
+         inline: Bool = false, logger: Logger) throws(SystemError) {
         self.distQueue = distQueue
+        self.requests = requests
         precondition(index >= 0 && index < Self.maxReactors, "reactor index out of range")
         self.index = index
         self.output = output
@@ -231,8 +234,10 @@ public final class Reactor: @unchecked Sendable {
             case .getData(let owner, let id):
                 getData(owner: owner, connID: id)
             case .putData(let replyTo, let id, let bytes):
+                requests.taken(bytes.count)
                 putData(replyTo: replyTo, connID: id, bytes: bytes)
             case .sendData(let id, let bytes):
+                requests.taken(bytes.count)
                 // Held to the end of the batch: a session's stanzas that came in one distribution
                 // read leave in one write() (for TLS, one record). Past `coalesceLimit` what is held
                 // goes first, so a flood meets the send queue limit (and its cheap drop) at once.
