@@ -30,7 +30,7 @@
           "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>">>).
 
 limits_test_() ->
-    {foreach, fun megaphone_test_node:start/0, fun cleanup/1,
+    {foreach, fun megaphone_test_node:start/0, fun megaphone_test_node:cleanup/1,
      [instance("max_connections_per_ip refuses and counts the extra client", fun per_ip/1),
       instance("connection_rate_per_ip refuses a burst, then lets in again", fun rate/1),
       instance("stream_header_timeout closes a silent client with a stream error",
@@ -40,16 +40,8 @@ limits_test_() ->
       instance("a client that floods while nobody reads is held back by TCP; RSS bounded",
                fun floods/1)]}.
 
-cleanup(Fixture) ->
-    _ = megaphone_test_node:stop(Fixture),
-    ok.
-
 instance(Title, Test) ->
-    fun(Fixture) ->
-            {Title,
-             {timeout, ?TEST_TIMEOUT,
-              fun() -> megaphone_test_node:with_output(Fixture, fun() -> Test(Fixture) end) end}}
-    end.
+    megaphone_test_node:instance(Title, Test, ?TEST_TIMEOUT).
 
 %%====================================================================
 %% Test bodies

@@ -45,7 +45,7 @@
 %%====================================================================
 
 rogue_test_() ->
-    {foreach, fun setup/0, fun cleanup/1,
+    {foreach, fun setup/0, fun megaphone_test_node:cleanup/1,
      [instance("seeded random terms each get their answer", fun random_terms/1),
       instance("every verb with wrong arities and hostile fields", fun hostile_verbs/1),
       instance("huge, deep and odd terms", fun huge_and_deep/1),
@@ -58,16 +58,8 @@ rogue_test_() ->
 setup() ->
     megaphone_test_node:start().
 
-cleanup(Fixture) ->
-    _ = megaphone_test_node:stop(Fixture),
-    ok.
-
 instance(Title, Test) ->
-    fun(Fixture) ->
-            {Title,
-             {timeout, ?TEST_TIMEOUT,
-              fun() -> megaphone_test_node:with_output(Fixture, fun() -> Test(Fixture) end) end}}
-    end.
+    megaphone_test_node:instance(Title, Test, ?TEST_TIMEOUT).
 
 %%====================================================================
 %% Test bodies

@@ -28,6 +28,8 @@
 -export([output/1]).
 -export([wait_exit/2]).
 -export([with_output/2]).
+-export([cleanup/1]).
+-export([instance/3]).
 
 %% Internal.
 -export([init/3]).
@@ -154,6 +156,21 @@ with_output(Fixture = #{node := Node}, Fun) ->
             io:format(user, "~n--- output of ~s ---~n~s--- end of output of ~s ---~n",
                       [Node, [[Line, $\n] || Line <- output(Fixture)], Node]),
             erlang:raise(Class, Reason, Stack)
+    end.
+
+%% @doc The `foreach' cleanup of a fixture: stops the node.
+-spec cleanup(fixture()) -> ok.
+cleanup(Fixture) ->
+    _ = stop(Fixture),
+    ok.
+
+%% @doc A `foreach' instantiator: `Test(Fixture)' as an EUnit test titled
+%% `Title' with `Timeout' seconds, printing the node's output if it fails.
+-spec instance(string(), fun((fixture()) -> term()), pos_integer()) ->
+          fun((fixture()) -> {string(), {timeout, pos_integer(), fun(() -> term())}}).
+instance(Title, Test, Timeout) ->
+    fun(Fixture) ->
+            {Title, {timeout, Timeout, fun() -> with_output(Fixture, fun() -> Test(Fixture) end) end}}
     end.
 
 %%====================================================================

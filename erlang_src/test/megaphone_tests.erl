@@ -55,12 +55,12 @@ binary_exists_test() ->
     ?assert(is_list(megaphone_test_node:check_binary())).
 
 megaphone_test_() ->
-    {foreach, fun setup/0, fun cleanup/1, cases()}.
+    {foreach, fun setup/0, fun megaphone_test_node:cleanup/1, cases()}.
 
 %% The same cases against a node whose one reactor runs on the
 %% distribution thread (`--threads 1'), a different event loop.
 megaphone_inline_test_() ->
-    {foreach, fun() -> megaphone_test_node:start(["--threads", "1"]) end, fun cleanup/1, cases()}.
+    {foreach, fun() -> megaphone_test_node:start(["--threads", "1"]) end, fun megaphone_test_node:cleanup/1, cases()}.
 
 cases() ->
      [instance("start returns a real port and is idempotent", fun start_is_idempotent/1),
@@ -87,16 +87,8 @@ cases() ->
 setup() ->
     megaphone_test_node:start().
 
-cleanup(Fixture) ->
-    _ = megaphone_test_node:stop(Fixture),
-    ok.
-
 instance(Title, Test) ->
-    fun(Fixture) ->
-            {Title,
-             {timeout, ?TEST_TIMEOUT,
-              fun() -> megaphone_test_node:with_output(Fixture, fun() -> Test(Fixture) end) end}}
-    end.
+    megaphone_test_node:instance(Title, Test, ?TEST_TIMEOUT).
 
 %%====================================================================
 %% Test bodies
