@@ -1,4 +1,3 @@
-import Synchronization
 
 /// `connection_rate_per_ip`: a token bucket per client address, `count` tokens refilled evenly over
 /// `periodMillis`; every connection attempt takes one.
@@ -79,7 +78,7 @@ public final class AddressLimiter: Sendable {
         var lastSweep: Int64 = -1_000_000
     }
 
-    private let state = Mutex(State())
+    private let state = Locked(State())
     public let maxIdleEntries: Int
 
     /// - Parameter maxIdleEntries: most addresses remembered for their rate alone (about 80 bytes each).

@@ -1,9 +1,8 @@
-import Synchronization
 
 /// Unfinished TLS handshakes per client IP, across all reactors: a client address that opens
 /// connections and never finishes their handshakes cannot tie up more than its share.
 public final class HandshakeLimiter: Sendable {
-    private let counts = Mutex<[IPAddress: Int]>([:])
+    private let counts = Locked<[IPAddress: Int]>([:])
 
     public init() {}
 

@@ -1,4 +1,3 @@
-import Synchronization
 
 /// A many-producer, one-consumer queue that wakes its consumer through an eventfd.
 ///
@@ -7,7 +6,7 @@ import Synchronization
 /// producer and consumer share one thread is made with `signalling: false`: nobody sleeps on it, so
 /// posts and takes cost no system call; the consumer looks at `isEmpty` instead.
 public final class Mailbox<Item: Sendable>: Sendable {
-    private let queue = Mutex<[Item]>([])
+    private let queue = Locked<[Item]>([])
     let wakeup: EventFD
     let signalling: Bool
 
