@@ -138,6 +138,15 @@ def _tear_down(base: Path, processes, what: str) -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def _bring_up(ej: Ejabberd, node: MegaphoneNode, env) -> None:
+    """Starts a one-node environment whose mod_megaphone options come from env.base_module_opts()."""
+    ej.megaphone_opts = env.base_module_opts()
+    ej._write_config()  # as root into ejabberd's file: the owner stays ejabberd
+    node.start()
+    ej.start()
+    env.ensure_healthy()
+
+
 @pytest.fixture(scope="session")
 def _session_env():
     global _failed
@@ -262,11 +271,7 @@ def _tls_module_env():
                       native_tls_certfile=pki.server.bundle)
         node = MegaphoneNode(base / "nodes", cookie, ej.helper, name=name)
         env = TlsEnv(base, ej, node, pki)
-        ej.megaphone_opts = env.base_module_opts()
-        ej._write_config()  # as root into ejabberd's file: the owner stays ejabberd
-        node.start()
-        ej.start()
-        env.ensure_healthy()
+        _bring_up(ej, node, env)
         yield env
     finally:
         _tear_down(base, (ej, node), "TLS integration")

@@ -21,7 +21,7 @@ import pytest
 
 import harness
 from clients import Client, Session, run, until
-from conftest import _Users, _check_built, _tear_down
+from conftest import _bring_up, _Users, _check_built, _tear_down
 from harness import Ejabberd, MegaphoneNode, free_port, wait_for
 
 STREAM_HEADER_TIMEOUT = 1    # s
@@ -91,11 +91,7 @@ def limits_env():
         ej = Ejabberd(base, {f"{name}@localhost": port}, cookie=cookie, connect_retry=1)
         node = MegaphoneNode(base / "nodes", cookie, ej.helper, name=name)
         env = LimitsEnv(base, ej, node, port)
-        ej.megaphone_opts = env.base_module_opts()
-        ej._write_config()
-        node.start()
-        ej.start()
-        env.ensure_healthy()
+        _bring_up(ej, node, env)
         yield env
     finally:
         _tear_down(base, (ej, node), "limits integration")

@@ -45,7 +45,7 @@
 %%====================================================================
 
 rogue_test_() ->
-    {foreach, fun setup/0, fun megaphone_test_node:cleanup/1,
+    {foreach, fun megaphone_test_node:start/0, fun megaphone_test_node:cleanup/1,
      [instance("seeded random terms each get their answer", fun random_terms/1),
       instance("every verb with wrong arities and hostile fields", fun hostile_verbs/1),
       instance("huge, deep and odd terms", fun huge_and_deep/1),
@@ -54,9 +54,6 @@ rogue_test_() ->
 %%====================================================================
 %% Fixture
 %%====================================================================
-
-setup() ->
-    megaphone_test_node:start().
 
 instance(Title, Test) ->
     megaphone_test_node:instance(Title, Test, ?TEST_TIMEOUT).

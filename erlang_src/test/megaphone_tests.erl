@@ -55,7 +55,7 @@ binary_exists_test() ->
     ?assert(is_list(megaphone_test_node:check_binary())).
 
 megaphone_test_() ->
-    {foreach, fun setup/0, fun megaphone_test_node:cleanup/1, cases()}.
+    {foreach, fun megaphone_test_node:start/0, fun megaphone_test_node:cleanup/1, cases()}.
 
 %% The same cases against a node whose one reactor runs on the
 %% distribution thread (`--threads 1'), a different event loop.
@@ -83,9 +83,6 @@ cases() ->
 %%====================================================================
 %% Fixture
 %%====================================================================
-
-setup() ->
-    megaphone_test_node:start().
 
 instance(Title, Test) ->
     megaphone_test_node:instance(Title, Test, ?TEST_TIMEOUT).
