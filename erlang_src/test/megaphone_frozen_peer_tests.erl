@@ -61,12 +61,27 @@ frozen_peer_is_dropped(Fixture, #{os_pid := OsPid, listen_port := Port, node := 
     ?assert(Detected =< ?MAX_DETECT_MS),
     ?assert(length(Others) >= 5),
     [await_closed(S) || S <- Others],
-    %% The controller's node is gone: its listeners are closed.
-    ?assertEqual({error, econnrefused}, gen_tcp:connect(?LOCALHOST, Port, [binary], ?WAIT)),
+    %% The controller's node is gone: its listeners are closed. The clients are
+    %% closed first; a connect that lands while the reactors let go of the
+    %% listening socket is reset, so wait (2 s at most) for the refusal.
+    ?assertEqual({error, econnrefused}, await_refused(Port, erlang:monotonic_time(millisecond) + 2000)),
     ?assert(lists:any(fun(Line) -> is_drop_line(Line, PeerNode) end,
                       megaphone_test_node:output(Fixture))),
     %% The peer was frozen, not dead: the node did not learn it from a closed socket.
     ?assertEqual("T", os_state(OsPid)).
+
+%% Connects every 50 ms until the port refuses or Deadline passes; the last result.
+await_refused(Port, Deadline) ->
+    case gen_tcp:connect(?LOCALHOST, Port, [binary], ?WAIT) of
+        {error, econnrefused} = Refused ->
+            Refused;
+        Other ->
+            case Other of {ok, S} -> gen_tcp:close(S); _ -> ok end,
+            case erlang:monotonic_time(millisecond) > Deadline of
+                true -> Other;
+                false -> receive after 50 -> await_refused(Port, Deadline) end
+            end
+    end.
 
 %% Opens a client every 100 ms until First is closed; returns the others.
 connect_until_closed(First, Port, Deadline, Acc) ->
