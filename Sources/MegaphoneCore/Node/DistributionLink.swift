@@ -57,6 +57,8 @@ public final class DistributionLink {
     private let names = NodeNames()
     private let encoder = TermEncoder()
     private let selfPid: erlang_pid
+    /// This run's ConnIds (references carrying the node's name and creation).
+    private let refs: ConnectionRefs
     private var receiveBuffer = ei_x_buff()
     private var peers: [Peer] = []
     private let signalFD: CInt
@@ -96,6 +98,7 @@ public final class DistributionLink {
         netTicktimeMillis = Int64(netTicktimeSeconds) * 1000
         ioTimeoutMillis = UInt32(clamping: netTicktimeMillis)
         selfPid = node.selfPid
+        refs = ConnectionRefs(node: node.nodeName, creation: node.selfPid.creation)
         ei_x_new(&receiveBuffer)
         signalFD = try Self.makeSignalFD()
     }
@@ -325,10 +328,17 @@ public final class DistributionLink {
     private func handle(_ buffer: UnsafeRawBufferPointer, sender: PidRef?) {
         let request: Request
         do {
-            request = try Request.decode(buffer, nodes: names, limits: RequestLimits(maxPutData: options.inputBufferLimit))
+            request = try Request.decode(buffer, nodes: names, refs: refs,
+                                         limits: RequestLimits(maxPutData: options.inputBufferLimit))
         } catch {
-            counters.malformedRequests.add(1, ordering: .relaxed)
-            logger.debug("Malformed request", metadata: ["reason": "\(error.reason)"])
+            if error.reason == .unknownConnection {
+                // A ConnId of another node or of an earlier run: as unknown as a closed connection.
+                counters.unknownConnection.add(1, ordering: .relaxed)
+                if error.quiet { return }
+            } else {
+                counters.malformedRequests.add(1, ordering: .relaxed)
+                logger.debug("Malformed request", metadata: ["reason": "\(error.reason)"])
+            }
             if let to = error.replyTo ?? sender { send(to: to, .requestError(tag: error.tag, reason: error.reason)) }
             return
         }
@@ -556,7 +566,8 @@ public final class DistributionLink {
 
     private func send(to pid: PidRef, _ event: Event) {
         let selfPid = self.selfPid
-        send(to: pid) { e in event.encode(into: e, selfPid: { $0.pid(selfPid) }) }
+        let refs = self.refs
+        send(to: pid) { e in event.encode(into: e, refs: refs, selfPid: { $0.pid(selfPid) }) }
     }
 
     /// Encodes with `build` and sends to `pid` over its node's link; dropped (and counted) when that

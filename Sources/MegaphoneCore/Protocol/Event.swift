@@ -13,37 +13,37 @@ public enum Event: Sendable, Equatable {
     case requestError(tag: ErrorTag, reason: ErrorReason)
 
     /// Encodes the message after what `e` holds (call `reset()` first). `selfPid` encodes the C node's
-    /// own pid (for `megaphone_connect`).
-    public func encode(into e: TermEncoder, selfPid: (TermEncoder) -> Void) {
+    /// own pid (for `megaphone_connect`); `refs` turns connection ids into ConnIds.
+    public func encode(into e: TermEncoder, refs: ConnectionRefs, selfPid: (TermEncoder) -> Void) {
         switch self {
         case .connected(let id, let peer, let local, let transport):
             e.tuple(6)
             e.atom("megaphone_connect")
             selfPid(e)
-            e.uint(id)
+            refs.encode(id, into: e)
             e.address(peer)
             e.address(local)
             e.atom(transport == .tcp ? "tcp" : "tls")
         case .data(let id, let bytes):
             e.tuple(3)
             e.atom("tcp")
-            e.uint(id)
+            refs.encode(id, into: e)
             e.binary(bytes)
         case .closed(let id):
             e.tuple(2)
             e.atom("tcp_closed")
-            e.uint(id)
+            refs.encode(id, into: e)
         case .error(let id, let reason):
             e.tuple(3)
             e.atom("tcp_error")
-            e.uint(id)
+            refs.encode(id, into: e)
             e.atom(reason)
         case .requestError(let tag, let reason):
             e.tuple(3)
             e.atom("megaphone_error")
             switch tag {
             case .ref(let raw): e.raw(raw)
-            case .connID(let id): e.uint(id)
+            case .connID(let id): refs.encode(id, into: e)
             case .undefined: e.atom("undefined")
             }
             reason.encode(into: e)

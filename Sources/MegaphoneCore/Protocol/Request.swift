@@ -76,7 +76,8 @@ public enum ErrorReason: Equatable, Sendable, CustomStringConvertible {
     case badopt(String)
     /// `{too_large, Limit}`: data longer than the limit that applies to it.
     case tooLarge(limit: Int)
-    /// `unknown_connection`: no open connection has this ConnId.
+    /// `unknown_connection`: no open connection has this ConnId (also: a ConnId of another node, or of an
+    /// earlier run of this one).
     case unknownConnection
     /// `input_buffer_full`: put_data would grow the pending input past `input_buffer_limit`.
     case inputBufferFull
@@ -108,6 +109,8 @@ public struct RequestError: Error, Equatable, Sendable {
     public var replyTo: PidRef?
     public var tag: ErrorTag
     public var reason: ErrorReason
+    /// The request is one that is never answered (`send_data`, `close`): count it, reply nothing.
+    public var quiet: Bool = false
 }
 
 /// Limits that apply while decoding.
@@ -126,11 +129,12 @@ public struct RequestLimits: Sendable {
 extension Request {
     /// Decodes one message (starting with the version byte). Throws `RequestError` for anything that
     /// is not a well-formed request; never traps on input.
+    /// `refs` tells this node's ConnIds from any other reference.
     public static func decode(
-        _ buffer: UnsafeRawBufferPointer, nodes: NodeNames, limits: RequestLimits
+        _ buffer: UnsafeRawBufferPointer, nodes: NodeNames, refs: ConnectionRefs, limits: RequestLimits
     ) throws(RequestError) -> Request {
         var r = TermReader(buffer)
-        var decoder = RequestDecoder(nodes: nodes)
+        var decoder = RequestDecoder(nodes: nodes, refs: refs)
         return try decoder.decode(&r, limits: limits)
     }
 }
@@ -138,10 +142,14 @@ extension Request {
 /// Walks one request, remembering the From/Ref/ConnId it has seen so that an error reply can name them.
 private struct RequestDecoder {
     let nodes: NodeNames
+    let refs: ConnectionRefs
     var replyTo: PidRef? = nil
     var tag: ErrorTag = .undefined
 
-    init(nodes: NodeNames) { self.nodes = nodes }
+    init(nodes: NodeNames, refs: ConnectionRefs) {
+        self.nodes = nodes
+        self.refs = refs
+    }
 
     func fail(_ reason: ErrorReason) -> RequestError {
         RequestError(replyTo: replyTo, tag: tag, reason: reason)
@@ -168,16 +176,16 @@ private struct RequestDecoder {
             return .start(from: from, ref: ref, options: options)
         case ("get_data", 3):
             let from = try pid(&r)
-            let id = try connID(&r)
+            let id = try connID(&r, quiet: false)
             return .getData(from: from, connID: id)
         case ("put_data", 3):
-            let id = try connID(&r)
+            let id = try connID(&r, quiet: false)
             return .putData(connID: id, bytes: try data(&r, limit: limits.maxPutData))
         case ("send_data", 3):
-            let id = try connID(&r)
+            let id = try connID(&r, quiet: true)
             return .sendData(connID: id, bytes: try data(&r, limit: limits.maxSendData))
         case ("close", 2):
-            return .close(connID: try connID(&r))
+            return .close(connID: try connID(&r, quiet: true))
         case ("shutdown", 3):
             let from = try pid(&r)
             return .shutdown(from: from, ref: try refTerm(&r))
@@ -204,8 +212,18 @@ private struct RequestDecoder {
         return bytes
     }
 
-    mutating func connID(_ r: inout TermReader) throws(RequestError) -> UInt64 {
-        guard let id = try? r.readUInt64() else { throw fail(.badarg("conn_id")) }
+    /// A ConnId: a reference this node minted in this run. Any other reference names a connection that
+    /// is not (or no longer) here: `unknown_connection`, answered as the request's own unknown
+    /// connections are (`quiet` for those never answered). Anything else is `{badarg, conn_id}`.
+    mutating func connID(_ r: inout TermReader, quiet: Bool) throws(RequestError) -> UInt64 {
+        let start = r.offset
+        guard let ref = try? r.readReference() else { throw fail(.badarg("conn_id")) }
+        guard let id = refs.id(of: ref, in: r.buffer) else {
+            tag = .ref(Array(r.buffer[start..<r.offset]))
+            var error = fail(.unknownConnection)
+            error.quiet = quiet
+            throw error
+        }
         tag = .connID(id)
         return id
     }

@@ -65,7 +65,11 @@ public final class TermEncoder {
 
     /// Appends an already encoded term (without version byte), e.g. a Ref sent back unchanged.
     public func raw(_ bytes: [UInt8]) {
-        _ = bytes.withUnsafeBytes { ei_x_append_buf(&x, $0.baseAddress, CInt($0.count)) }
+        bytes.withUnsafeBytes { raw($0) }
+    }
+
+    public func raw(_ bytes: UnsafeRawBufferPointer) {
+        _ = ei_x_append_buf(&x, bytes.baseAddress, CInt(bytes.count))
     }
 
     func pid(_ p: erlang_pid) {

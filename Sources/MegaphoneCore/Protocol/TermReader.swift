@@ -175,6 +175,24 @@ public struct TermReader {
         return DecodedPid(node: node, num: num, serial: serial, creation: creation)
     }
 
+    /// Reads a reference (`NEWER_REFERENCE_EXT`, the only form OTP 23 and later send) without copying
+    /// its node name: `node` is the range of the name's bytes in `buffer`.
+    public mutating func readReference() throws(TermError) -> DecodedReference {
+        let tag = try u8()
+        guard tag == ExternalTag.newerReference else { offset -= 1; throw .unexpectedTag(tag) }
+        let count = try u16()
+        guard count >= 1, count <= 5 else { throw .badValue }
+        let name = try readAtomBytes().count
+        let node = (offset - name)..<offset
+        let creation = try u32()
+        var ids: (UInt32, UInt32, UInt32) = (0, 0, 0)
+        ids.0 = try u32()
+        if count > 1 { ids.1 = try u32() }
+        if count > 2 { ids.2 = try u32() }
+        if count > 3 { try skip(4 * (count - 3)) }
+        return DecodedReference(node: node, creation: creation, idCount: count, ids: ids)
+    }
+
     /// Reads a list header: the number of elements of a proper or improper list (`[]` is 0). A string
     /// (`STRING_EXT`) is not accepted here; callers that want bytes use `readIOData`.
     public mutating func readListHeader() throws(TermError) -> Int {

@@ -3,10 +3,15 @@ import Testing
 @testable import MegaphoneCore
 
 struct EventTests {
+    let refs = ConnectionRefs(node: "megaphone@vm", creation: 4)
+
+    func connID(_ r: inout TermReader, _ raw: UnsafeRawBufferPointer) throws -> UInt64? {
+        refs.id(of: try r.readReference(), in: raw)
+    }
     func encode(_ event: Event) -> [UInt8] {
         let e = TermEncoder()
         e.reset()
-        event.encode(into: e, selfPid: { $0.pid(node: "megaphone@vm", num: 0, serial: 0, creation: 4) })
+        event.encode(into: e, refs: refs, selfPid: { $0.pid(node: "megaphone@vm", num: 0, serial: 0, creation: 4) })
         return e.bytes
     }
 
@@ -20,7 +25,7 @@ struct EventTests {
             #expect(try r.readTupleHeader() == 6)
             #expect(try r.readAtom() == "megaphone_connect")
             #expect(try r.readPid().node == "megaphone@vm")
-            #expect(try r.readUInt64() == 256)
+            #expect(try connID(&r, raw) == 256)
             #expect(try r.readTupleHeader() == 2)
             #expect(try r.readTupleHeader() == 4)
             #expect(try (0..<4).map { _ in try r.readInt() } == [127, 0, 0, 1])
@@ -35,12 +40,12 @@ struct EventTests {
     }
 
     @Test func dataAndErrors() throws {
-        try encode(.data(connID: 1, bytes: [1, 2, 3])).withUnsafeBytes { raw in
+        try encode(.data(connID: 257, bytes: [1, 2, 3])).withUnsafeBytes { raw in
             var r = TermReader(raw)
             try r.readVersion()
             #expect(try r.readTupleHeader() == 3)
             #expect(try r.readAtom() == "tcp")
-            #expect(try r.readUInt64() == 1)
+            #expect(try connID(&r, raw) == 257)
             #expect(try r.readIOData(limit: 10) == [1, 2, 3])
         }
         try encode(.requestError(tag: .ref([97, 5]), reason: .unknownRequest(tag: "foo"))).withUnsafeBytes { raw in
@@ -52,6 +57,26 @@ struct EventTests {
             #expect(try r.readTupleHeader() == 2)
             #expect(try r.readAtom() == "unknown_request")
             #expect(try r.readAtom() == "foo")
+        }
+    }
+
+    /// A ConnId is a reference of this node and run, as Erlang decodes it (`NEWER_REFERENCE_EXT`, node
+    /// atom, creation, three ID words), which the node maps back to the connection.
+    @Test func connIdsAreReferencesOfThisNode() throws {
+        let bytes = encode(.closed(connID: 5 << 40 | 0x1234_5678 << 8 | 3))
+        #expect(Array(bytes.prefix(4)) == [131, 104, 2, 119])
+        try bytes.withUnsafeBytes { raw in
+            var r = TermReader(raw)
+            try r.readVersion()
+            #expect(try r.readTupleHeader() == 2)
+            #expect(try r.readAtom() == "tcp_closed")
+            let ref = try r.readReference()
+            #expect(String(decoding: UnsafeRawBufferPointer(rebasing: raw[ref.node]), as: UTF8.self) == "megaphone@vm")
+            #expect(ref.creation == 4)
+            #expect(ref.idCount == 3)
+            #expect(ref.ids == (3, 0x1234_5678, 5))
+            #expect(refs.id(of: ref, in: raw) == 5 << 40 | 0x1234_5678 << 8 | 3)
+            #expect(r.isAtEnd)
         }
     }
 

@@ -5,6 +5,10 @@ import Testing
 struct RequestTests {
     let nodes = NodeNames()
     let limits = RequestLimits(maxPutData: 1024)
+    let refs = ConnectionRefs(node: "megaphone@vm", creation: 7)
+
+    /// ConnId 513 of this run of megaphone@vm.
+    func conn(_ e: TermEncoder, _ id: UInt64 = 513) { refs.encode(id, into: e) }
 
     func decode(_ build: (TermEncoder) -> Void) throws(RequestError) -> Request {
         let e = TermEncoder()
@@ -14,7 +18,7 @@ struct RequestTests {
         var result: Result<Request, RequestError> = .failure(RequestError(replyTo: nil, tag: .undefined, reason: .badarg("x")))
         bytes.withUnsafeBytes { raw in
             do throws(RequestError) {
-                result = .success(try Request.decode(raw, nodes: nodes, limits: limits))
+                result = .success(try Request.decode(raw, nodes: nodes, refs: refs, limits: limits))
             } catch {
                 result = .failure(error)
             }
@@ -35,13 +39,13 @@ struct RequestTests {
 
     @Test func everyRequestOfTheVocabulary() throws {
         let shell = PidRef(node: 1, num: 80, serial: 0, creation: 5)
-        #expect(try decode { e in e.tuple(3); e.atom("get_data"); shellPid(e); e.uint(513) }
+        #expect(try decode { e in e.tuple(3); e.atom("get_data"); shellPid(e); conn(e) }
                 == .getData(from: shell, connID: 513))
-        #expect(try decode { e in e.tuple(3); e.atom("put_data"); e.uint(513); e.binary([1, 2]) }
+        #expect(try decode { e in e.tuple(3); e.atom("put_data"); conn(e); e.binary([1, 2]) }
                 == .putData(connID: 513, bytes: [1, 2]))
-        #expect(try decode { e in e.tuple(3); e.atom("send_data"); e.uint(513); e.list(1); e.binary([3]); e.emptyList() }
+        #expect(try decode { e in e.tuple(3); e.atom("send_data"); conn(e); e.list(1); e.binary([3]); e.emptyList() }
                 == .sendData(connID: 513, bytes: [3]))
-        #expect(try decode { e in e.tuple(2); e.atom("close"); e.uint(513) } == .close(connID: 513))
+        #expect(try decode { e in e.tuple(2); e.atom("close"); conn(e) } == .close(connID: 513))
         #expect(try decode { e in e.tuple(1); e.atom("shutdown") } == .shutdownQuietly)
         #expect(try decode { e in e.tuple(3); e.atom("shutdown"); shellPid(e); e.atom("r") }
                 == .shutdown(from: shell, ref: [119, 1, 114]))
@@ -97,11 +101,46 @@ struct RequestTests {
         // Known tag, wrong arity.
         #expect(failure { e in e.tuple(2); e.atom("get_data"); e.uint(1) }?.reason == .unknownRequest(tag: "get_data"))
 
-        let tooBig = failure { e in e.tuple(3); e.atom("put_data"); e.uint(77); e.binary([UInt8](repeating: 0, count: 1025)) }
-        #expect(tooBig == RequestError(replyTo: nil, tag: .connID(77), reason: .tooLarge(limit: 1024)))
+        let tooBig = failure { e in e.tuple(3); e.atom("put_data"); conn(e, 77 << 8 | 1); e.binary([UInt8](repeating: 0, count: 1025)) }
+        #expect(tooBig == RequestError(replyTo: nil, tag: .connID(77 << 8 | 1), reason: .tooLarge(limit: 1024)))
 
-        let badData = failure { e in e.tuple(3); e.atom("send_data"); e.uint(77); e.atom("x") }
+        let badData = failure { e in e.tuple(3); e.atom("send_data"); conn(e); e.atom("x") }
         #expect(badData?.reason == .badarg("data"))
+    }
+
+    /// ConnIds are references that carry the node's name and creation: one of another node, or of an
+    /// earlier run of this node, is an unknown connection, never a connection of this run that happens
+    /// to have the same number (integer ConnIds had that: two nodes, or a node and its restart, gave
+    /// out the same numbers). Integers are not ConnIds at all.
+    @Test func connIdsOfOtherNodesAndRunsAreUnknown() throws {
+        let otherNode = ConnectionRefs(node: "megaphone2@vm", creation: 7)
+        let earlierRun = ConnectionRefs(node: "megaphone@vm", creation: 6)
+        for other in [otherNode, earlierRun] {
+            let e = TermEncoder()
+            e.reset()
+            other.encode(513, into: e)
+            let raw = Array(e.bytes.dropFirst())
+            let get = failure { e in e.tuple(3); e.atom("get_data"); shellPid(e); other.encode(513, into: e) }
+            #expect(get == RequestError(replyTo: PidRef(node: 1, num: 80, serial: 0, creation: 5), tag: .ref(raw),
+                                        reason: .unknownConnection, quiet: false))
+            let send = failure { e in e.tuple(3); e.atom("send_data"); other.encode(513, into: e); e.binary([1]) }
+            #expect(send?.reason == .unknownConnection)
+            #expect(send?.quiet == true)
+            #expect(failure { e in e.tuple(2); e.atom("close"); other.encode(513, into: e) }?.quiet == true)
+            #expect(failure { e in e.tuple(3); e.atom("put_data"); other.encode(513, into: e); e.binary([1]) }?.quiet == false)
+        }
+        // A reference Erlang made itself (one ID word layout we never give out) is not ours either.
+        let local = failure { e in
+            e.tuple(2); e.atom("close")
+            e.raw([ExternalTag.newerReference, 0, 3, ExternalTag.smallAtomUTF8, 12] + Array("megaphone@vm".utf8)
+                  + [0, 0, 0, 7] + [0, 3, 0, 0] + [0, 0, 0, 1] + [0, 0, 0, 0])
+        }
+        #expect(local?.reason == .unknownConnection)
+        #expect(failure { e in e.tuple(2); e.atom("close"); e.uint(513) }?.reason == .badarg("conn_id"))
+        // Every id this node gives out comes back as itself.
+        for id: UInt64 in [256, 513, 1 << 40 | 7, ConnectionRefs.maxSequence << 8 | 255] {
+            #expect(try decode { e in e.tuple(2); e.atom("close"); conn(e, id) } == .close(connID: id))
+        }
     }
 
     @Test func badStartOptionsAreNamed() {

@@ -12,9 +12,10 @@ public func fuzzRequest(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     if let data { bytes.append(contentsOf: UnsafeBufferPointer(start: data, count: size)) }
     let nodes = NodeNames()
     let limits = RequestLimits(maxPutData: 64, maxSendData: 4096)
+    let refs = ConnectionRefs(node: "megaphone@vm", creation: 7)
     let outcome: Result<Request, RequestError> = bytes.withUnsafeBytes { raw in
         do throws(RequestError) {
-            return .success(try Request.decode(raw, nodes: nodes, limits: limits))
+            return .success(try Request.decode(raw, nodes: nodes, refs: refs, limits: limits))
         } catch {
             return .failure(error)
         }
@@ -25,7 +26,7 @@ public func fuzzRequest(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     case .failure(let error):
         let e = TermEncoder()
         e.reset()
-        Event.requestError(tag: error.tag, reason: error.reason).encode(into: e, selfPid: { _ in })
+        Event.requestError(tag: error.tag, reason: error.reason).encode(into: e, refs: refs, selfPid: { _ in })
         let reply = e.bytes
         var tagRange: Range<Int>? = nil
         if case .ref(let ref) = error.tag {
