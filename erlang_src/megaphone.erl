@@ -66,8 +66,12 @@
 %% A graceful shutdown flushes every connection's send queue first.
 -define(DEFAULT_SHUTDOWN_TIMEOUT, 15000).
 
--type conn_id() :: non_neg_integer().
-%% A connection's ID: unique for the lifetime of the Megaphone process.
+-type conn_id() :: reference().
+%% A connection's ID: a reference the Megaphone node mints when a client
+%% connects. It carries the node's name and creation (`node(ConnId)' is the
+%% node), so no connection of another Megaphone node, or of an earlier or
+%% later run of the same node, ever has the same ConnId; a request that
+%% names a ConnId of another run is refused as `unknown_connection'.
 
 -type transport() :: tcp | starttls | tls.
 %% `tcp': plain; `starttls': the node answers the first stream header with

@@ -58,16 +58,22 @@
          limits = []          :: [{atom(), term()}],
          status = connecting  :: node_status(),
          start_ref            :: reference() | undefined,
+         %% Whether a monitor_node/2 is on. Monitors stack: one per
+         %% connection of the link, or a lost node runs node_down once per
+         %% start that ever failed.
+         monitored = false    :: boolean(),
          sessions = 0         :: non_neg_integer()}).
 
 -record(state,
         {host                 :: binary(),
          opts                 :: gen_mod:opts(),
          nodes = #{}          :: #{node() => #mp_node{}},
-         %% {Node, ConnId} -> {C2SPid, MonitorRef}
-         sessions = #{}       :: #{{node(), megaphone:conn_id()} => {pid(), reference()}},
-         %% MonitorRef -> {Node, ConnId}
-         monitors = #{}       :: #{reference() => {node(), megaphone:conn_id()}}}).
+         %% ConnId -> {C2SPid, MonitorRef}. A ConnId is a reference minted by
+         %% its Megaphone node: it names the node (node(ConnId)) and no other
+         %% connection, on any node or run of a node, has it.
+         sessions = #{}       :: #{megaphone:conn_id() => {pid(), reference()}},
+         %% MonitorRef -> ConnId
+         monitors = #{}       :: #{reference() => megaphone:conn_id()}}).
 
 %% How long the Megaphone node may take to answer `start'.
 -define(START_TIMEOUT, 10000).
@@ -357,10 +363,7 @@ handle_cast(Msg, State) ->
 handle_info({connect, Node}, State) ->
     {noreply, connect(Node, State)};
 handle_info({connect_result, Node, true}, State) ->
-    %% One monitor per connection: its nodedown message ends it.
-    erlang:monitor_node(Node, true),
-    coalesce_dist_output(Node),
-    {noreply, send_start(Node, State)};
+    {noreply, connected(Node, State)};
 handle_info({connect_result, Node, false}, State) ->
     {noreply, retry_later(Node, State)};
 handle_info({megaphone_started, Ref, Info}, State) ->
@@ -370,7 +373,7 @@ handle_info({megaphone_error, Ref, Reason}, State) when is_reference(Ref) ->
 handle_info({start_timeout, Node, Ref}, State) ->
     {noreply, start_timed_out(Node, Ref, State)};
 handle_info({megaphone_connect, NodePid, ConnId, Peer, Local, Transport}, State)
-  when is_pid(NodePid), is_integer(ConnId) ->
+  when is_pid(NodePid), is_reference(ConnId) ->
     {noreply, start_session(node(NodePid), ConnId, Peer, Local, Transport, State)};
 handle_info({tcp_closed, ConnId} = Msg, State) ->
     %% The client left before its session asked for data: pass it on.
@@ -489,7 +492,8 @@ keep_runtime(#mp_node{status = Status, start_ref = Ref, sessions = Sessions}, Ne
 mod_megaphone_opt(Opt, Opts) ->
     gen_mod:get_opt(Opt, Opts).
 
-detach(Name, #mp_node{status = Status}, #state{nodes = Nodes, sessions = Sessions} = State) ->
+detach(Name, #mp_node{status = Status, monitored = Monitored},
+       #state{nodes = Nodes, sessions = Sessions} = State) ->
     ?INFO_MSG("Detaching Megaphone node ~ts", [Name]),
     case Status of
         started ->
@@ -497,10 +501,13 @@ detach(Name, #mp_node{status = Status}, #state{nodes = Nodes, sessions = Session
         _ ->
             ok
     end,
-    maps:foreach(fun({N, _}, {Pid, _}) when N == Name -> ejabberd_c2s:close(Pid);
+    maps:foreach(fun(ConnId, {Pid, _}) when node(ConnId) == Name -> ejabberd_c2s:close(Pid);
                     (_, _) -> ok
                  end, Sessions),
-    erlang:monitor_node(Name, false),
+    case Monitored of
+        true -> erlang:monitor_node(Name, false);
+        false -> ok
+    end,
     State#state{nodes = maps:remove(Name, Nodes)}.
 
 %% Every session's get_data and send_data travels on the one distribution
@@ -543,6 +550,20 @@ retry_later(Node, #state{opts = Opts, nodes = Nodes} = State) ->
             erlang:send_after(mod_megaphone_opt(connect_retry, Opts), self(), {connect, Node}),
             State#state{nodes = Nodes#{Node => MP#mp_node{status = connecting, start_ref = undefined}}};
         error ->
+            State
+    end.
+
+%% The link to Node is up: watch it (once per link) and send `start'.
+%% A result for a node that is not waiting for one (a second connect that
+%% raced the first) changes nothing.
+-spec connected(node(), #state{}) -> #state{}.
+connected(Node, #state{nodes = Nodes} = State) ->
+    case maps:find(Node, Nodes) of
+        {ok, #mp_node{status = connecting, monitored = Monitored} = MP} ->
+            Monitored orelse erlang:monitor_node(Node, true),
+            coalesce_dist_output(Node),
+            send_start(Node, State#state{nodes = Nodes#{Node => MP#mp_node{monitored = true}}});
+        _ ->
             State
     end.
 
@@ -608,12 +629,12 @@ start_session(Node, ConnId, Peer, Local, Transport, #state{nodes = Nodes} = Stat
                 {ok, Pid} ->
                     ejabberd_c2s:accept(Pid),
                     MRef = erlang:monitor(process, Pid),
-                    ?DEBUG("Megaphone connection ~b from ~ts: session ~p", [ConnId, Node, Pid]),
+                    ?DEBUG("Megaphone connection ~p from ~ts: session ~p", [ConnId, Node, Pid]),
                     State#state{nodes = Nodes#{Node => MP#mp_node{sessions = N + 1}},
-                                sessions = (State#state.sessions)#{{Node, ConnId} => {Pid, MRef}},
-                                monitors = (State#state.monitors)#{MRef => {Node, ConnId}}};
+                                sessions = (State#state.sessions)#{ConnId => {Pid, MRef}},
+                                monitors = (State#state.monitors)#{MRef => ConnId}};
                 Err ->
-                    ?ERROR_MSG("Cannot start a session for Megaphone connection ~b: ~p", [ConnId, Err]),
+                    ?ERROR_MSG("Cannot start a session for Megaphone connection ~p: ~p", [ConnId, Err]),
                     megaphone_socket:close(Socket),
                     State
             end;
@@ -642,38 +663,48 @@ c2s_options(Opts) ->
               end
       end, [access, shaper, max_stanza_size, max_fsm_queue]).
 
+%% A ConnId names one connection of one run of one node, so a message about
+%% it goes to that session and no other.
 forward(ConnId, Msg, #state{sessions = Sessions}) ->
-    [Pid ! Msg || {{_, Id}, {Pid, _}} <- maps:to_list(Sessions), Id == ConnId],
+    case maps:find(ConnId, Sessions) of
+        {ok, {Pid, _}} -> Pid ! Msg;
+        error -> ok
+    end,
     ok.
 
 %% A session ended: make sure its client is gone too. A close for a
 %% connection the node already closed is ignored there.
 session_down(MRef, #state{monitors = Monitors, sessions = Sessions, nodes = Nodes} = State) ->
     case maps:take(MRef, Monitors) of
-        {{Node, ConnId} = Key, Monitors1} ->
+        {ConnId, Monitors1} ->
+            Node = node(ConnId),
             erlang:send({megaphone, Node}, {close, ConnId}, [noconnect]),
             Nodes1 = case maps:find(Node, Nodes) of
                          {ok, #mp_node{sessions = N} = MP} -> Nodes#{Node => MP#mp_node{sessions = max(0, N - 1)}};
                          error -> Nodes
                      end,
-            State#state{monitors = Monitors1, sessions = maps:remove(Key, Sessions), nodes = Nodes1};
+            State#state{monitors = Monitors1, sessions = maps:remove(ConnId, Sessions), nodes = Nodes1};
         error ->
             State
     end.
 
 %% The link to a Megaphone node is gone, so are its clients: end their
 %% sessions now (their 'DOWN' cleans up), then try to reach the node again.
-node_down(Node, #state{sessions = Sessions} = State) ->
-    Ended = [begin Pid ! {tcp_closed, ConnId}, ConnId end
-             || {{N, ConnId}, {Pid, _}} <- maps:to_list(Sessions), N == Node],
-    ?WARNING_MSG("Megaphone node ~ts is down; ending its ~b sessions", [Node, length(Ended)]),
-    self() ! {connect, Node},
-    retry_now(Node, State).
-
-retry_now(Node, #state{nodes = Nodes} = State) ->
+%% Sessions of any run of the node end: a session of an earlier run that
+%% waits for XEP-0198 resumption has had its tcp_closed already and ignores
+%% another.
+node_down(Node, #state{sessions = Sessions, nodes = Nodes} = State) ->
     case maps:find(Node, Nodes) of
-        {ok, MP} -> State#state{nodes = Nodes#{Node => MP#mp_node{status = connecting, start_ref = undefined}}};
-        error -> State
+        {ok, MP} ->
+            Ended = [begin Pid ! {tcp_closed, ConnId}, ConnId end
+                     || {ConnId, {Pid, _}} <- maps:to_list(Sessions), node(ConnId) == Node],
+            ?WARNING_MSG("Megaphone node ~ts is down; ending its ~b sessions", [Node, length(Ended)]),
+            self() ! {connect, Node},
+            %% The monitor that fired is spent.
+            State#state{nodes = Nodes#{Node => MP#mp_node{status = connecting, start_ref = undefined,
+                                                          monitored = false}}};
+        error ->
+            State
     end.
 
 undefined_to_zero(undefined) -> 0;

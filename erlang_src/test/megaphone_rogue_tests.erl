@@ -68,6 +68,7 @@ instance(Title, Test) ->
 %% arrive. Answers from the reactors may come after the stats reply.
 random_terms(Fixture = #{node := Node}) ->
     Before = baseline(Fixture),
+    put(megaphone_node, Node),
     lists:foreach(
       fun(Seed) ->
               _ = rand:seed(exsss, Seed),
@@ -85,6 +86,7 @@ random_terms(Fixture = #{node := Node}) ->
 
 hostile_verbs(Fixture = #{node := Node}) ->
     Before = baseline(Fixture),
+    put(megaphone_node, Node),
     _ = rand:seed(exsss, {7, 7, 7}),
     Verbs = [start, get_data, put_data, send_data, close, shutdown, stats],
     lists:foreach(
@@ -164,7 +166,7 @@ dist_operations(Fixture = #{node := Node}) ->
          fun() -> {rex, Node} ! {call, erlang, halt, [], self()} end,
          fun() -> {badrpc, _} = rpc:call(Node, erlang, halt, [], 1000) end,
          fun() -> _ = spawn(Node, erlang, halt, []) end,
-         fun() -> erlang:send({megaphone, Node}, {close, ConnId + 1}, [noconnect]) end,
+         fun() -> erlang:send({megaphone, Node}, {close, make_ref()}, [noconnect]) end,
          fun() -> _ = erlang:send_nosuspend({megaphone, Node}, [not_a_request]) end],
     lists:foreach(
       fun(Op) ->
@@ -230,7 +232,9 @@ expect({start, From, _, _}) when is_pid(From), node(From) =/= node() -> none;
 expect({shutdown, From, _}) when is_pid(From), node(From) =/= node() -> none;
 expect(_) -> error.
 
-is_conn_id(Id) -> is_integer(Id) andalso Id >= 0 andalso Id < 1 bsl 64.
+%% A ConnId is a reference; any reference is well-formed (one the node did
+%% not give out is an unknown connection).
+is_conn_id(Id) -> is_reference(Id).
 
 is_iodata(Data) ->
     try iolist_size(Data) of
@@ -297,8 +301,18 @@ option() ->
                   ghost_pid(), field()]),
     pick([{Name, Value}, {Name}, {Name, Value, extra}, Name]).
 
+%% References of the node's own name with any creation and ID words (what a
+%% peer could forge), other nodes' references, and integers (the ConnIds of
+%% old, which are no ConnIds now).
 conn_id() ->
-    pick([0, 1, 255, 256, 1 bsl 32, (1 bsl 64) - 1, rand:uniform(1 bsl 64) - 1]).
+    pick([make_ref(), ghost_ref(), megaphone_ref(), megaphone_ref(), 0, 256, (1 bsl 64) - 1]).
+
+megaphone_ref() ->
+    Name = atom_to_binary(get(megaphone_node)),
+    Words = [pick([0, 1, 255, 256, rand:uniform(1 bsl 32) - 1]) || _ <- lists:seq(1, pick([1, 3, 5]))],
+    binary_to_term(<<131, 90, (length(Words)):16, 119, (byte_size(Name)), Name/binary,
+                     (pick([0, 1, rand:uniform(1 bsl 32) - 1])):32,
+                     << <<W:32>> || W <- Words >>/binary>>).
 
 iodata(0) ->
     pick([<<>>, <<"bin">>, "str", []]);

@@ -114,7 +114,9 @@ connect_reaches_controller(#{node := Node}) ->
     {megaphone_connect, NodePid, ConnId, Peer, Local, Transport} = Msg,
     ?assert(is_pid(NodePid)),
     ?assertEqual(Node, node(NodePid)),
-    ?assert(is_integer(ConnId) andalso ConnId >= 0),
+    %% A reference of the node: it names the node, and no other connection.
+    ?assert(is_reference(ConnId)),
+    ?assertEqual(Node, node(ConnId)),
     ?assertEqual({?LOCALHOST, ClientPort}, Peer),
     ?assertEqual({?LOCALHOST, Port}, Local),
     ?assertEqual(tcp, Transport).
@@ -235,16 +237,22 @@ malformed_requests(#{node := Node}) ->
     ?RECV({megaphone_error, _, _}, ?WAIT),
     Megaphone ! {get_data, self(), <<"notint">>},
     ?RECV({megaphone_error, _, _}, ?WAIT),
+    %% ConnIds are references: an integer is no ConnId at all.
     Megaphone ! {get_data, self(), 12345678},
-    ?RECV({megaphone_error, 12345678, unknown_connection}, ?WAIT),
+    ?RECV({megaphone_error, undefined, {badarg, conn_id}}, ?WAIT),
+    %% A reference the node did not give out (here one of this node's own)
+    %% names no connection.
+    Stranger = make_ref(),
+    Megaphone ! {get_data, self(), Stranger},
+    ?RECV({megaphone_error, Stranger, unknown_connection}, ?WAIT),
     %% send_data to a connection that is gone is a normal race (a session
     %% writing to a client that just hung up): dropped and counted, no reply.
-    Megaphone ! {send_data, 12345678, <<"x">>},
+    Megaphone ! {send_data, Stranger, <<"x">>},
     poll(fun() ->
                  {ok, #{unknown_connection := N}} = megaphone:stats(Node),
                  N >= 1
          end, ?WAIT),
-    ?NO_MSG({megaphone_error, 12345678, _}, ?QUIET),
+    ?NO_MSG({megaphone_error, Stranger, _}, ?QUIET),
     Megaphone ! {put_data, ConnId, binary:copy(<<0>>, 50 * 1024 * 1024)},
     ?RECV({megaphone_error, ConnId, _}, 30000),
     Ref = make_ref(),

@@ -176,16 +176,18 @@ private struct RequestDecoder {
             return .start(from: from, ref: ref, options: options)
         case ("get_data", 3):
             let from = try pid(&r)
-            let id = try connID(&r, quiet: false)
-            return .getData(from: from, connID: id)
+            let id = try connID(&r)
+            return .getData(from: from, connID: try known(id, quiet: false))
         case ("put_data", 3):
-            let id = try connID(&r, quiet: false)
-            return .putData(connID: id, bytes: try data(&r, limit: limits.maxPutData))
+            let id = try connID(&r)
+            let bytes = try data(&r, limit: limits.maxPutData)
+            return .putData(connID: try known(id, quiet: false), bytes: bytes)
         case ("send_data", 3):
-            let id = try connID(&r, quiet: true)
-            return .sendData(connID: id, bytes: try data(&r, limit: limits.maxSendData))
+            let id = try connID(&r)
+            let bytes = try data(&r, limit: limits.maxSendData)
+            return .sendData(connID: try known(id, quiet: true), bytes: bytes)
         case ("close", 2):
-            return .close(connID: try connID(&r, quiet: true))
+            return .close(connID: try known(try connID(&r), quiet: true))
         case ("shutdown", 3):
             let from = try pid(&r)
             return .shutdown(from: from, ref: try refTerm(&r))
@@ -212,19 +214,28 @@ private struct RequestDecoder {
         return bytes
     }
 
-    /// A ConnId: a reference this node minted in this run. Any other reference names a connection that
-    /// is not (or no longer) here: `unknown_connection`, answered as the request's own unknown
-    /// connections are (`quiet` for those never answered). Anything else is `{badarg, conn_id}`.
-    mutating func connID(_ r: inout TermReader, quiet: Bool) throws(RequestError) -> UInt64 {
+    /// A ConnId: a reference, anything else is `{badarg, conn_id}`. Returns the connection's id when
+    /// this node minted the reference in this run, nil for any other reference (see `known`).
+    mutating func connID(_ r: inout TermReader) throws(RequestError) -> UInt64? {
         let start = r.offset
         guard let ref = try? r.readReference() else { throw fail(.badarg("conn_id")) }
         guard let id = refs.id(of: ref, in: r.buffer) else {
             tag = .ref(Array(r.buffer[start..<r.offset]))
+            return nil
+        }
+        tag = .connID(id)
+        return id
+    }
+
+    /// Once the whole request is well-formed: a reference of another node or run names a connection that
+    /// is not (or no longer) here, `unknown_connection`, answered as the request's own unknown
+    /// connections are (`quiet` for the requests that are never answered).
+    func known(_ id: UInt64?, quiet: Bool) throws(RequestError) -> UInt64 {
+        guard let id else {
             var error = fail(.unknownConnection)
             error.quiet = quiet
             throw error
         }
-        tag = .connID(id)
         return id
     }
 
