@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import slixmpp
+from slixmpp.plugins.xep_0198.stanza import Enable as SMEnable
 from slixmpp.exceptions import IqError, IqTimeout  # noqa: F401 - re-exported for tests
 
 
@@ -39,7 +40,7 @@ class Client(slixmpp.ClientXMPP):
     """One XMPP client, with everything it saw recorded for assertions."""
 
     def __init__(self, jid: str, password: str, *, mech: str | None = None, sm: bool = False,
-                 tls: str | None = None, ca_file: Path | str | None = None,
+                 sm_max: int | None = None, tls: str | None = None, ca_file: Path | str | None = None,
                  alpn: list[str] | None = None):
         super().__init__(jid, password, sasl_mech=mech)
         self.label = jid
@@ -60,6 +61,14 @@ class Client(slixmpp.ClientXMPP):
         if sm:
             # ack every stanza: the resumption test then knows what the server holds
             self.register_plugin("xep_0198", {"window": 1})
+            if sm_max is not None:
+                # XEP-0198's `max`: the client's preferred resumption time, which ejabberd grants up
+                # to its max_resume_timeout. slixmpp never sets it; an outgoing filter does.
+                def ask_max(stanza):
+                    if isinstance(stanza, SMEnable):
+                        stanza["max"] = str(sm_max)
+                    return stanza
+                self.add_filter("out", ask_max)
         self.messages: asyncio.Queue = asyncio.Queue()
         self.available: set[str] = set()        # full JIDs seen available
         self.stream_errors: list[tuple[str, str]] = []
