@@ -95,6 +95,25 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def hang_up_storm(port: int, count: int, burst: int = 50, host: str = "127.0.0.1") -> None:
+    """Opens `count` TCP connections to host:port, `burst` at a time, each closed at once: half with
+    FIN, half with RST (SO_LINGER 0), as port scanners and load-balancer health checks do."""
+    done = 0
+    while done < count:
+        socks = []
+        try:
+            for _ in range(min(burst, count - done)):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(s)
+                s.connect((host, port))
+        finally:
+            for i, s in enumerate(socks):
+                if i % 2:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.close()
+        done += len(socks)
+
+
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:

@@ -10,28 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import struct
 import time
 
 from clients import Session, run, until
+from harness import hang_up_storm
 from test_ejabberd import chat, user_of
-
-
-def _hang_up_storm(port: int, count: int, burst: int = 50) -> None:
-    """Opens `count` TCP connections to 127.0.0.1:port, `burst` at a time, each closed at once: half
-    with FIN, half with RST (SO_LINGER 0), as port scanners and load-balancer health checks do."""
-    done = 0
-    while done < count:
-        socks = []
-        for _ in range(min(burst, count - done)):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.connect(("127.0.0.1", port))
-            socks.append(s)
-        for i, s in enumerate(socks):
-            if i % 2:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            s.close()
-        done += len(socks)
 
 
 def test_hang_ups_on_one_node_never_end_sessions_on_another(env):
@@ -49,7 +32,7 @@ def test_hang_ups_on_one_node_never_end_sessions_on_another(env):
             # Enough hang-ups on node A (two reactors) to give out every number node B has used.
             count = max(300, 2 * env.b.stats()["accepted"] + 50)
             closed_before = sum(env.a.stats()["closed"].values())
-            storm = asyncio.create_task(asyncio.to_thread(_hang_up_storm, env.port(env.a), count))
+            storm = asyncio.create_task(asyncio.to_thread(hang_up_storm, env.port(env.a), count))
             sent = 0
             while not storm.done():
                 await chat(alice, bob, f"during the storm {sent}")
