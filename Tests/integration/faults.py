@@ -346,15 +346,18 @@ class World:
         return d, bound, f"net_tick_timeouts +{ticks}"
 
     def _hangup_storm(self):
-        """500 instant hang-ups on the storm node. Each reaches mod_megaphone as a tcp_closed for a
-        connection whose session has not asked for data yet; it must end that session alone (with
-        integer ConnIds it ended the sessions with the same numbers on the first node)."""
+        """Hundreds of instant hang-ups on the storm node. Each reaches mod_megaphone as a tcp_closed
+        for a connection whose session has not asked for data yet; it must end that session alone
+        (with integer ConnIds it ended the sessions with the same numbers on the first node). Enough
+        of them that the FIN half, spread over the storm node's reactors, covers every number the
+        first node has given out."""
         closed = lambda: sum(self.storm.stats()["closed"].values())
+        count = max(500, 4 * self.mp_stats()["accepted"] + 100)
         closed0, t0 = closed(), time.monotonic()
-        harness.hang_up_storm(self.storm_port, 500)
-        wait_for(lambda: closed() - closed0 >= 500 and self.storm.connections() == 0, 30,
+        harness.hang_up_storm(self.storm_port, count)
+        wait_for(lambda: closed() - closed0 >= count and self.storm.connections() == 0, 30,
                  "the storm node to close every hung-up connection", on_timeout=self.logs)
-        return None, None, f"500 hang-ups in {time.monotonic() - t0:.1f}s"
+        return None, None, f"{count} hang-ups in {time.monotonic() - t0:.1f}s"
 
     def dist_sockets(self) -> tuple[int, int]:
         """(dist port of the node, local port of the beam's connection to it), from ss -tnp."""

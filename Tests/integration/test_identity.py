@@ -29,8 +29,9 @@ def test_hang_ups_on_one_node_never_end_sessions_on_another(env):
             bob = await s.login(bob_jid, bob_pw, env.port(env.b))
             await chat(alice, bob, "before the storm")
             alice_res, bob_res = alice.boundjid.resource.encode(), bob.boundjid.resource.encode()
-            # Enough hang-ups on node A (two reactors) to give out every number node B has used.
-            count = max(300, 2 * env.b.stats()["accepted"] + 50)
+            # Enough hang-ups on node A to give out every number node B has used: half of them (the
+            # FIN ones) get to mod_megaphone, spread over node A's two reactors.
+            count = max(300, 4 * env.b.stats()["accepted"] + 100)
             closed_before = sum(env.a.stats()["closed"].values())
             storm = asyncio.create_task(asyncio.to_thread(hang_up_storm, env.port(env.a), count))
             sent = 0
