@@ -464,12 +464,19 @@ sum_counters(Ctr, C) ->
                         {Ch + counters:get(Ctr, 2 * I - 1), By + counters:get(Ctr, 2 * I)}
                 end, {0, 0}, lists:seq(1, C)).
 
-%% Connections per reactor: the low 8 bits of a ConnId are the reactor's index.
+%% Connections per reactor. A ConnId is a reference of the node whose first
+%% ID word is the index of the reactor that owns the connection (README, "The
+%% message vocabulary").
 reactor_spread(ConnIds) ->
-    Counts = lists:foldl(fun(Id, M) -> maps:update_with(Id band 255, fun(V) -> V + 1 end, 1, M) end,
+    Counts = lists:foldl(fun(Id, M) -> maps:update_with(reactor_of(Id), fun(V) -> V + 1 end, 1, M) end,
                          #{}, ConnIds),
     Max = lists:max([get(reactors) - 1 | maps:keys(Counts)]),
     lists:join(" / ", [integer_to_list(maps:get(I, Counts, 0)) || I <- lists:seq(0, Max)]).
+
+reactor_of(ConnId) ->
+    <<131, 90, _Words:16, 119, Len, _Node:Len/binary, _Creation:32, Reactor:32, _/binary>> =
+        term_to_binary(ConnId, [{minor_version, 2}]),
+    Reactor.
 
 %%====================================================================
 %% /proc

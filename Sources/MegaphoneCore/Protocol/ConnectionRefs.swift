@@ -1,6 +1,7 @@
 /// How this node names its connections to Erlang: each ConnId is an Erlang reference minted by the node
-/// (`#Ref<megaphone@host.Creation.Reactor.SeqLo.SeqHi>`), so no connection of another Megaphone node, or
-/// of an earlier or later run of this one, can ever have the same ConnId.
+/// (node name, creation, and the ID words Reactor, SeqLow, SeqHigh; the shell prints
+/// `#Ref<N.SeqHigh.SeqLow.Reactor>`), so no connection of another Megaphone node, or of an earlier or
+/// later run of this one, can ever have the same ConnId.
 ///
 /// A reference carries its node's name and creation. ConnIds that were plain integers numbered every
 /// node's connections from the same start: a `tcp_closed` that reached a controller serving two nodes
