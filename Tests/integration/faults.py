@@ -357,7 +357,7 @@ class World:
         harness.hang_up_storm(self.storm_port, count)
         wait_for(lambda: closed() - closed0 >= count and self.storm.connections() == 0, 30,
                  "the storm node to close every hung-up connection", on_timeout=self.logs)
-        return None, None, f"{count} hang-ups in {time.monotonic() - t0:.1f}s"
+        return None, None, f"{count} hang-ups, all closed after {time.monotonic() - t0:.2f}s"
 
     def dist_sockets(self) -> tuple[int, int]:
         """(dist port of the node, local port of the beam's connection to it), from ss -tnp."""
