@@ -41,14 +41,18 @@
 %% API.
 -export([start/2]).
 -export([start/3]).
+-export([start_async/3]).
 -export([stats/1]).
 -export([stats/2]).
 -export([shutdown/1]).
 -export([shutdown/2]).
 -export([get_data/2]).
+-export([get_data/3]).
 -export([put_data/3]).
 -export([send_data/3]).
+-export([send_data/4]).
 -export([close/2]).
+-export([close/3]).
 -export([recv/3]).
 
 -export_type([conn_id/0]).
@@ -58,6 +62,7 @@
 -export_type([opts/0]).
 -export_type([info/0]).
 -export_type([stats/0]).
+-export_type([send_opt/0]).
 
 %% The registered name we address. A C node accepts any name; DESIGN.md keeps
 %% this one so that traces read well.
@@ -123,6 +128,13 @@
 -type stats() :: #{atom() => term()}.
 %% Counters: at least `connections', `accepted', `bytes_in', `bytes_out'.
 
+-type send_opt() :: noconnect.
+%% `noconnect': use the distribution connection to the node if there is
+%% one, and fail with `{error, nodedown}' rather than set one up (as
+%% `erlang:send/3' does). For callers that must not block on a connection
+%% set-up, or must not bring back a node whose loss they handle: a session's
+%% socket calls, the controller.
+
 %%====================================================================
 %% API
 %%====================================================================
@@ -143,6 +155,18 @@ start(Node, Opts) ->
 start(Node, Opts, Timeout) ->
     call(Node, fun(Ref) -> {start, self(), Ref, Opts} end,
          megaphone_started, Timeout).
+
+%% @doc Sends `start' without waiting for the reply: it arrives to the caller
+%% as `{megaphone_started, Ref, Info}' or `{megaphone_error, Ref, Reason}',
+%% with the `Ref' returned here. For a gen_server that must not block (the
+%% controller in ejabberd); see `start/3' for `Opts'.
+-spec start_async(node(), opts(), [send_opt()]) -> {ok, reference()} | {error, nodedown}.
+start_async(Node, Opts, SendOpts) ->
+    Ref = make_ref(),
+    case cast(Node, {start, self(), Ref, Opts}, SendOpts) of
+        ok -> {ok, Ref};
+        Error -> Error
+    end.
 
 %% @equiv stats(Node, 5000)
 -spec stats(node()) -> {ok, stats()} | {error, nodedown | timeout | term()}.
@@ -193,24 +217,39 @@ shutdown(Node, Timeout) ->
 %% call. The caller becomes the connection's owner.
 -spec get_data(node(), conn_id()) -> ok | {error, nodedown}.
 get_data(Node, ConnId) ->
-    cast(Node, {get_data, self(), ConnId}).
+    get_data(Node, ConnId, []).
+
+%% @doc `get_data/2' with send options.
+-spec get_data(node(), conn_id(), [send_opt()]) -> ok | {error, nodedown}.
+get_data(Node, ConnId, SendOpts) ->
+    cast(Node, {get_data, self(), ConnId}, SendOpts).
 
 %% @doc Injects `Data' into the connection's input as if the client had sent
 %% it. `get_data/2' delivers it after the bytes the node already holds for
 %% the connection and before any it reads from the socket later.
 -spec put_data(node(), conn_id(), iodata()) -> ok | {error, nodedown}.
 put_data(Node, ConnId, Data) ->
-    cast(Node, {put_data, ConnId, Data}).
+    cast(Node, {put_data, ConnId, Data}, []).
 
 %% @doc Queues `Data' for the client socket.
 -spec send_data(node(), conn_id(), iodata()) -> ok | {error, nodedown}.
 send_data(Node, ConnId, Data) ->
-    cast(Node, {send_data, ConnId, Data}).
+    send_data(Node, ConnId, Data, []).
+
+%% @doc `send_data/3' with send options.
+-spec send_data(node(), conn_id(), iodata(), [send_opt()]) -> ok | {error, nodedown}.
+send_data(Node, ConnId, Data, SendOpts) ->
+    cast(Node, {send_data, ConnId, Data}, SendOpts).
 
 %% @doc Closes the connection once what is queued for it has been sent.
 -spec close(node(), conn_id()) -> ok | {error, nodedown}.
 close(Node, ConnId) ->
-    cast(Node, {close, ConnId}).
+    close(Node, ConnId, []).
+
+%% @doc `close/2' with send options.
+-spec close(node(), conn_id(), [send_opt()]) -> ok | {error, nodedown}.
+close(Node, ConnId, SendOpts) ->
+    cast(Node, {close, ConnId}, SendOpts).
 
 %% @doc `get_data/2', then waits for the chunk: for shells and tests. On
 %% `{error, timeout}' the request stays armed and its chunk arrives later as
@@ -249,13 +288,16 @@ connect(Node) ->
 %% The async calls sit on the hot path (a c2s asks for every chunk), so try
 %% the established connection first and go through net_kernel only when it
 %% is missing.
--spec cast(node(), term()) -> ok | {error, nodedown}.
-cast(Node, Msg) ->
+%% With `noconnect' a missing connection is an error at once.
+-spec cast(node(), term(), [send_opt()]) -> ok | {error, nodedown}.
+cast(Node, Msg, SendOpts) ->
     case erlang:send({?NAME, Node}, Msg, [noconnect]) of
         ok ->
             ok;
         noconnect ->
-            case connect(Node) of
+            case lists:member(noconnect, SendOpts) orelse connect(Node) of
+                true ->
+                    {error, nodedown};
                 ok ->
                     erlang:send({?NAME, Node}, Msg),
                     ok;

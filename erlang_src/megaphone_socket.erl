@@ -15,9 +15,9 @@
 %% is `close'.
 %%
 %% The socket term is `{megaphone, Node, ConnId, tcp | tls}'; the c2s never
-%% looks inside it. Requests go to `{megaphone, Node}' with `noconnect', so a
-%% session whose node is gone fails its send instead of setting up a new
-%% distribution connection from inside the c2s.
+%% looks inside it. Requests go through {@link megaphone} with `noconnect',
+%% so a session whose node is gone fails its send instead of setting up a
+%% new distribution connection from inside the c2s.
 -module(megaphone_socket).
 
 -behaviour(xmpp_socket).
@@ -48,7 +48,7 @@ get_owner({megaphone, _Node, _ConnId, _Transport}) ->
 %% connected: the c2s then ends the stream.
 -spec send(socket(), iodata()) -> ok | {error, closed}.
 send({megaphone, Node, ConnId, _}, Data) ->
-    request(Node, {send_data, ConnId, Data}).
+    closed_if_down(megaphone:send_data(Node, ConnId, Data, [noconnect])).
 
 %% Only reached in parsed mode, which Megaphone does not use; serialised
 %% here so that the behaviour is complete.
@@ -70,7 +70,7 @@ send_xml(Socket, {xmlstreamraw, Data}) ->
 -spec setopts(socket(), [{active, once | boolean()} | term()]) -> ok | {error, closed}.
 setopts({megaphone, Node, ConnId, _}, Opts) ->
     case lists:member({active, once}, Opts) of
-        true -> request(Node, {get_data, self(), ConnId});
+        true -> closed_if_down(megaphone:get_data(Node, ConnId, [noconnect]));
         false -> ok
     end.
 
@@ -79,7 +79,7 @@ setopts({megaphone, Node, ConnId, _}, Opts) ->
 %% no longer has.
 -spec close(socket()) -> ok.
 close({megaphone, Node, ConnId, _}) ->
-    _ = request(Node, {close, ConnId}),
+    _ = megaphone:close(Node, ConnId, [noconnect]),
     ok.
 
 %% `tcp' or `tls': ejabberd_c2s:get_conn_type/1 has no other clause that fits.
@@ -114,9 +114,7 @@ reset_stream(Socket) ->
 %% Internal functions
 %%====================================================================
 
--spec request(node(), tuple()) -> ok | {error, closed}.
-request(Node, Request) ->
-    case erlang:send({megaphone, Node}, Request, [noconnect]) of
-        ok -> ok;
-        noconnect -> {error, closed}
-    end.
+%% The c2s ends its stream on `{error, closed}'.
+-spec closed_if_down(ok | {error, nodedown}) -> ok | {error, closed}.
+closed_if_down(ok) -> ok;
+closed_if_down({error, nodedown}) -> {error, closed}.

@@ -24,11 +24,9 @@
 -behaviour(gen_server).
 
 -include("logger.hrl").
--include("ejabberd_commands.hrl").
 
 %% API.
 -export([status/0]).
--export([megaphone_status/0]).
 
 %% gen_mod callbacks.
 -export([start/2]).
@@ -47,7 +45,9 @@
 -export([terminate/2]).
 -export([code_change/3]).
 
--type node_status() :: connecting | starting | started.
+-export_type([listener/0]).
+
+-type node_status() :: megaphone_status:node_status().
 -type listener() :: {tcp | starttls | tls, inet:ip_address(), inet:port_number()}.
 
 -record(mp_node,
@@ -78,73 +78,21 @@
 %% How long the Megaphone node may take to answer `start'.
 -define(START_TIMEOUT, 10000).
 
-%% The node's `closed' reasons that are refusals or limits, summed as
-%% `refused' in status/0.
--define(REFUSALS, [max_connections, emfile, max_connections_per_ip, connection_rate_per_ip,
-                   stream_header_timeout, send_queue_full, handshake_timeout, handshake_limit,
-                   starttls_refused]).
-
 %% The limits at the edge that can be set per node, with the module-level
 %% option as the default.
--define(NODE_LIMITS, [max_connections_per_ip, connection_rate_per_ip, stream_header_timeout]).
+-define(NODE_LIMITS, [{max_connections_per_ip, fun mod_megaphone_opt:max_connections_per_ip/1},
+                      {connection_rate_per_ip, fun mod_megaphone_opt:connection_rate_per_ip/1},
+                      {stream_header_timeout, fun mod_megaphone_opt:stream_header_timeout/1}]).
 
 %%====================================================================
 %% API
 %%====================================================================
 
-%% Each configured Megaphone node with its state and, once started, its
-%% counters. The counters are asked from the nodes by the caller, so a slow
-%% node cannot block the gen_server.
-%% `refused' sums the node's refusals and limit closes (the `closed' reasons
-%% in ?REFUSALS); `closed' is the node's whole map.
--spec status() -> [#{node := node(), status := node_status(), sessions := non_neg_integer(),
-                     connections := non_neg_integer() | undefined,
-                     bytes_in := non_neg_integer() | undefined,
-                     bytes_out := non_neg_integer() | undefined,
-                     refused := non_neg_integer() | undefined,
-                     closed := #{atom() => non_neg_integer()}}].
+%% Each configured Megaphone node with its state and counters (see
+%% megaphone_status:status/0); kept here for `ejabberdctl debug' users.
+-spec status() -> [megaphone_status:node_info()].
 status() ->
-    Nodes = try gen_server:call(?MODULE, nodes, 5000)
-            catch exit:{noproc, _} -> []
-            end,
-    [begin
-         Stats = case Status of
-                     started ->
-                         case megaphone:stats(Name, 2000) of
-                             {ok, S} -> S;
-                             {error, _} -> #{}
-                         end;
-                     _ -> #{}
-                 end,
-         #{node => Name, status => Status, sessions => Sessions,
-           connections => maps:get(connections, Stats, undefined),
-           bytes_in => maps:get(bytes_in, Stats, undefined),
-           bytes_out => maps:get(bytes_out, Stats, undefined),
-           refused => refused(Stats),
-           closed => maps:get(closed, Stats, #{})}
-     end || {Name, Status, Sessions} <- Nodes].
-
-refused(#{closed := Closed}) ->
-    lists:sum([maps:get(R, Closed, 0) || R <- ?REFUSALS]);
-refused(_) ->
-    undefined.
-
-%% The `ejabberdctl megaphone_status' command: one line per node. The last
-%% column names each non-zero refusal count, e.g.
-%% `max_connections_per_ip=3 send_queue_full=1'.
--spec megaphone_status() -> [{binary(), atom(), integer(), integer(), integer(), integer(),
-                              integer(), binary()}].
-megaphone_status() ->
-    [{atom_to_binary(Node, utf8), Status, Sessions, undefined_to_zero(Conns),
-      undefined_to_zero(In), undefined_to_zero(Out), undefined_to_zero(Refused),
-      refusal_text(Closed)}
-     || #{node := Node, status := Status, sessions := Sessions, connections := Conns,
-          bytes_in := In, bytes_out := Out, refused := Refused, closed := Closed} <- status()].
-
-refusal_text(Closed) ->
-    iolist_to_binary(
-      lists:join(" ", [io_lib:format("~ts=~b", [R, N])
-                       || R <- ?REFUSALS, (N = maps:get(R, Closed, 0)) > 0])).
+    megaphone_status:status().
 
 %%====================================================================
 %% gen_mod callbacks
@@ -152,7 +100,7 @@ refusal_text(Closed) ->
 
 -spec start(binary(), gen_mod:opts()) -> ok | {ok, pid()} | {error, term()}.
 start(Host, Opts) ->
-    ejabberd_commands:register_commands(?MODULE, get_commands_spec()),
+    ejabberd_commands:register_commands(?MODULE, megaphone_status:commands()),
     case gen_mod:start_child(?MODULE, Host, Opts, ?MODULE) of
         {ok, Pid} -> {ok, Pid};
         {error, {already_started, _}} ->
@@ -167,7 +115,7 @@ stop(Host) ->
         true ->
             ok;
         false ->
-            ejabberd_commands:unregister_commands(get_commands_spec()),
+            ejabberd_commands:unregister_commands(megaphone_status:commands()),
             _ = gen_mod:stop_child(?MODULE),
             ok
     end.
@@ -395,8 +343,7 @@ terminate(_Reason, #state{nodes = Nodes, sessions = Sessions}) ->
     %% leaves the Megaphone node running) and the sessions it started.
     maps:foreach(
       fun(Node, #mp_node{status = started}) ->
-              catch erlang:send({megaphone, Node}, {start, self(), make_ref(), [{listen, []}]},
-                                [noconnect]);
+              _ = megaphone:start_async(Node, [{listen, []}], [noconnect]);
          (_, _) ->
               ok
       end, Nodes),
@@ -408,27 +355,6 @@ code_change(_OldVsn, State, _Extra) ->
 %%====================================================================
 %% Internal functions
 %%====================================================================
-
-get_commands_spec() ->
-    [#ejabberd_commands{
-        name = megaphone_status, tags = [server],
-        desc = "Show the Megaphone nodes attached to this node",
-        longdesc = "One line per configured Megaphone node: its name, its state "
-                   "(connecting, starting, started), the sessions started through it, "
-                   "the node's own count of open connections and bytes in and out, "
-                   "and the connections its limits refused or closed (max_connections, "
-                   "max_connections_per_ip, connection_rate_per_ip, stream_header_timeout, "
-                   "send_queue_full, TLS handshake limits), in total and by limit.",
-        module = ?MODULE, function = megaphone_status,
-        args = [],
-        result_desc = "Node, state, sessions, connections, bytes in, bytes out, "
-                      "refused (connections refused or closed by a limit), and which limits",
-        result_example = [{<<"megaphone@localhost">>, started, 2, 2, 1024, 4096, 3,
-                           <<"max_connections_per_ip=2 stream_header_timeout=1">>}],
-        result = {nodes, {list, {node, {tuple, [{name, string}, {state, atom},
-                                               {sessions, integer}, {connections, integer},
-                                               {bytes_in, integer}, {bytes_out, integer},
-                                               {refused, integer}, {refusals, string}]}}}}}].
 
 %% `{count: N, period: Seconds}' -> `{N, Milliseconds}', as `start' takes it.
 rate_validator() ->
@@ -459,12 +385,12 @@ configure(Opts, #state{nodes = Old} = State) ->
     Wanted = maps:map(
                fun(Name, NodeOpts) ->
                        #mp_node{name = Name,
-                                listeners = maps:get(listen, NodeOpts, mod_megaphone_opt(listen, Opts)),
+                                listeners = maps:get(listen, NodeOpts, mod_megaphone_opt:listen(Opts)),
                                 max_connections = maps:get(max_connections, NodeOpts,
-                                                           mod_megaphone_opt(max_connections, Opts)),
-                                limits = [{L, maps:get(L, NodeOpts, mod_megaphone_opt(L, Opts))}
-                                          || L <- ?NODE_LIMITS]}
-               end, mod_megaphone_opt(nodes, Opts)),
+                                                           mod_megaphone_opt:max_connections(Opts)),
+                                limits = [{L, maps:get(L, NodeOpts, Default(Opts))}
+                                          || {L, Default} <- ?NODE_LIMITS]}
+               end, mod_megaphone_opt:nodes(Opts)),
     case maps:size(Wanted) of
         0 -> ?WARNING_MSG("mod_megaphone has no nodes to attach: set its 'nodes' option", []);
         _ -> ok
@@ -489,15 +415,12 @@ configure(Opts, #state{nodes = Old} = State) ->
 keep_runtime(#mp_node{status = Status, start_ref = Ref, sessions = Sessions}, New) ->
     New#mp_node{status = Status, start_ref = Ref, sessions = Sessions}.
 
-mod_megaphone_opt(Opt, Opts) ->
-    gen_mod:get_opt(Opt, Opts).
-
 detach(Name, #mp_node{status = Status, monitored = Monitored},
        #state{nodes = Nodes, sessions = Sessions} = State) ->
     ?INFO_MSG("Detaching Megaphone node ~ts", [Name]),
     case Status of
         started ->
-            catch erlang:send({megaphone, Name}, {start, self(), make_ref(), [{listen, []}]}, [noconnect]);
+            _ = megaphone:start_async(Name, [{listen, []}], [noconnect]);
         _ ->
             ok
     end,
@@ -547,7 +470,7 @@ retry_later(Node, #state{opts = Opts, nodes = Nodes} = State) ->
     case maps:find(Node, Nodes) of
         {ok, MP} ->
             ?DEBUG("Megaphone node ~ts not reachable; retrying", [Node]),
-            erlang:send_after(mod_megaphone_opt(connect_retry, Opts), self(), {connect, Node}),
+            erlang:send_after(mod_megaphone_opt:connect_retry(Opts), self(), {connect, Node}),
             State#state{nodes = Nodes#{Node => MP#mp_node{status = connecting, start_ref = undefined}}};
         error ->
             State
@@ -571,12 +494,17 @@ connected(Node, #state{nodes = Nodes} = State) ->
 send_start(Node, #state{nodes = Nodes} = State) ->
     case maps:find(Node, Nodes) of
         {ok, #mp_node{listeners = Listeners, max_connections = Max, limits = Limits} = MP} ->
-            Ref = make_ref(),
             Opts = [{listen, Listeners}, {max_connections, Max}, {controller, self()}
                     | Limits ++ tls_options(State#state.opts)],
-            erlang:send({megaphone, Node}, {start, self(), Ref, Opts}, [noconnect]),
-            erlang:send_after(?START_TIMEOUT, self(), {start_timeout, Node, Ref}),
-            State#state{nodes = Nodes#{Node => MP#mp_node{status = starting, start_ref = Ref}}};
+            %% The reply comes as megaphone_started or megaphone_error with
+            %% Ref; a link that dropped meanwhile comes as nodedown.
+            case megaphone:start_async(Node, Opts, [noconnect]) of
+                {ok, Ref} ->
+                    erlang:send_after(?START_TIMEOUT, self(), {start_timeout, Node, Ref}),
+                    State#state{nodes = Nodes#{Node => MP#mp_node{status = starting, start_ref = Ref}}};
+                {error, nodedown} ->
+                    retry_later(Node, State)
+            end;
         error ->
             State
     end.
@@ -640,14 +568,18 @@ start_session(Node, ConnId, Peer, Local, Transport, #state{nodes = Nodes} = Stat
             end;
         error ->
             %% Not one of ours (detached meanwhile): refuse the client.
-            erlang:send({megaphone, Node}, {close, ConnId}, [noconnect]),
+            _ = megaphone:close(Node, ConnId, [noconnect]),
             State
     end.
 
 %% The TLS options of `start': those set in the module's options.
 tls_options(Opts) ->
-    [{Opt, Value} || Opt <- [certfile, ciphers, tls_min_version, handshake_timeout, max_handshakes_per_ip],
-                     (Value = mod_megaphone_opt(Opt, Opts)) /= undefined].
+    [{Opt, Value} || {Opt, Get} <- [{certfile, fun mod_megaphone_opt:certfile/1},
+                                    {ciphers, fun mod_megaphone_opt:ciphers/1},
+                                    {tls_min_version, fun mod_megaphone_opt:tls_min_version/1},
+                                    {handshake_timeout, fun mod_megaphone_opt:handshake_timeout/1},
+                                    {max_handshakes_per_ip, fun mod_megaphone_opt:max_handshakes_per_ip/1}],
+                     (Value = Get(Opts)) /= undefined].
 
 %% The c2s options: ours where set, else the first c2s listener's, as
 %% WebSocket and BOSH take them. Never tls, starttls or zlib: the node
@@ -655,13 +587,15 @@ tls_options(Opts) ->
 c2s_options(Opts) ->
     Inherited = ejabberd_c2s_config:get_c2s_limits(),
     lists:filtermap(
-      fun(Opt) ->
-              case {mod_megaphone_opt(Opt, Opts), proplists:get_value(Opt, Inherited)} of
+      fun({Opt, Get}) ->
+              case {Get(Opts), proplists:get_value(Opt, Inherited)} of
                   {undefined, undefined} -> false;
                   {undefined, Value} -> {true, {Opt, Value}};
                   {Value, _} -> {true, {Opt, Value}}
               end
-      end, [access, shaper, max_stanza_size, max_fsm_queue]).
+      end, [{access, fun mod_megaphone_opt:access/1}, {shaper, fun mod_megaphone_opt:shaper/1},
+            {max_stanza_size, fun mod_megaphone_opt:max_stanza_size/1},
+            {max_fsm_queue, fun mod_megaphone_opt:max_fsm_queue/1}]).
 
 %% A ConnId names one connection of one run of one node, so a message about
 %% it goes to that session and no other.
@@ -678,7 +612,7 @@ session_down(MRef, #state{monitors = Monitors, sessions = Sessions, nodes = Node
     case maps:take(MRef, Monitors) of
         {ConnId, Monitors1} ->
             Node = node(ConnId),
-            erlang:send({megaphone, Node}, {close, ConnId}, [noconnect]),
+            _ = megaphone:close(Node, ConnId, [noconnect]),
             Nodes1 = case maps:find(Node, Nodes) of
                          {ok, #mp_node{sessions = N} = MP} -> Nodes#{Node => MP#mp_node{sessions = max(0, N - 1)}};
                          error -> Nodes
@@ -706,6 +640,3 @@ node_down(Node, #state{sessions = Sessions, nodes = Nodes} = State) ->
         error ->
             State
     end.
-
-undefined_to_zero(undefined) -> 0;
-undefined_to_zero(N) -> N.

@@ -125,6 +125,8 @@ def test_failed_starts_then_node_loss_is_one_node_down(env):
     refused = f"Megaphone node {env.a.node} refused to start"
     env.a.kill()
     blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # Earlier tests' connections may hold the port in TIME_WAIT; a listener still refuses the node.
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         blocker.bind(("127.0.0.1", port))
         blocker.listen(1)

@@ -1,0 +1,124 @@
+%%%----------------------------------------------------------------------
+%%% File    : megaphone_status.erl
+%%% Purpose : What mod_megaphone shows an operator: status/0 and the
+%%%           `ejabberdctl megaphone_status' command
+%%%----------------------------------------------------------------------
+
+%% @doc The operator's view of the Megaphone nodes attached to this ejabberd
+%% node: each node's state and session count from `mod_megaphone''s
+%% gen_server, and the node's own counters from `megaphone:stats/2'. The
+%% counters are asked from the nodes by the caller, so a slow node cannot
+%% block the gen_server.
+-module(megaphone_status).
+
+-include("ejabberd_commands.hrl").
+
+%% API.
+-export([status/0]).
+-export([commands/0]).
+
+%% ejabberdctl command.
+-export([megaphone_status/0]).
+
+-export_type([node_status/0]).
+-export_type([node_info/0]).
+
+-type node_status() :: connecting | starting | started.
+
+-type node_info() :: #{node := node(), status := node_status(), sessions := non_neg_integer(),
+                       connections := non_neg_integer() | undefined,
+                       bytes_in := non_neg_integer() | undefined,
+                       bytes_out := non_neg_integer() | undefined,
+                       refused := non_neg_integer() | undefined,
+                       closed := #{atom() => non_neg_integer()}}.
+
+%% The node's `closed' reasons that are refusals or limits, summed as
+%% `refused'.
+-define(REFUSALS, [max_connections, emfile, max_connections_per_ip, connection_rate_per_ip,
+                   stream_header_timeout, send_queue_full, handshake_timeout, handshake_limit,
+                   starttls_refused]).
+
+%%====================================================================
+%% API
+%%====================================================================
+
+%% Each configured Megaphone node with its state and, once started, its
+%% counters. `refused' sums the node's refusals and limit closes (the
+%% `closed' reasons in ?REFUSALS); `closed' is the node's whole map. Empty
+%% when mod_megaphone is not running.
+-spec status() -> [node_info()].
+status() ->
+    Nodes = try gen_server:call(mod_megaphone, nodes, 5000)
+            catch exit:{noproc, _} -> []
+            end,
+    [begin
+         Stats = case Status of
+                     started ->
+                         case megaphone:stats(Name, 2000) of
+                             {ok, S} -> S;
+                             {error, _} -> #{}
+                         end;
+                     _ -> #{}
+                 end,
+         #{node => Name, status => Status, sessions => Sessions,
+           connections => maps:get(connections, Stats, undefined),
+           bytes_in => maps:get(bytes_in, Stats, undefined),
+           bytes_out => maps:get(bytes_out, Stats, undefined),
+           refused => refused(Stats),
+           closed => maps:get(closed, Stats, #{})}
+     end || {Name, Status, Sessions} <- Nodes].
+
+%% The ejabberdctl commands, registered by mod_megaphone while it runs.
+-spec commands() -> [ejabberd_commands()].
+commands() ->
+    [#ejabberd_commands{
+        name = megaphone_status, tags = [server],
+        desc = "Show the Megaphone nodes attached to this node",
+        longdesc = "One line per configured Megaphone node: its name, its state "
+                   "(connecting, starting, started), the sessions started through it, "
+                   "the node's own count of open connections and bytes in and out, "
+                   "and the connections its limits refused or closed (max_connections, "
+                   "max_connections_per_ip, connection_rate_per_ip, stream_header_timeout, "
+                   "send_queue_full, TLS handshake limits), in total and by limit.",
+        module = ?MODULE, function = megaphone_status,
+        args = [],
+        result_desc = "Node, state, sessions, connections, bytes in, bytes out, "
+                      "refused (connections refused or closed by a limit), and which limits",
+        result_example = [{<<"megaphone@localhost">>, started, 2, 2, 1024, 4096, 3,
+                           <<"max_connections_per_ip=2 stream_header_timeout=1">>}],
+        result = {nodes, {list, {node, {tuple, [{name, string}, {state, atom},
+                                               {sessions, integer}, {connections, integer},
+                                               {bytes_in, integer}, {bytes_out, integer},
+                                               {refused, integer}, {refusals, string}]}}}}}].
+
+%%====================================================================
+%% ejabberdctl command
+%%====================================================================
+
+%% `ejabberdctl megaphone_status': one line per node. The last column names
+%% each non-zero refusal count, e.g. `max_connections_per_ip=3 send_queue_full=1'.
+-spec megaphone_status() -> [{binary(), atom(), integer(), integer(), integer(), integer(),
+                              integer(), binary()}].
+megaphone_status() ->
+    [{atom_to_binary(Node, utf8), Status, Sessions, undefined_to_zero(Conns),
+      undefined_to_zero(In), undefined_to_zero(Out), undefined_to_zero(Refused),
+      refusal_text(Closed)}
+     || #{node := Node, status := Status, sessions := Sessions, connections := Conns,
+          bytes_in := In, bytes_out := Out, refused := Refused, closed := Closed} <- status()].
+
+%%====================================================================
+%% Internal functions
+%%====================================================================
+
+refused(#{closed := Closed}) ->
+    lists:sum([maps:get(R, Closed, 0) || R <- ?REFUSALS]);
+refused(_) ->
+    undefined.
+
+refusal_text(Closed) ->
+    iolist_to_binary(
+      lists:join(" ", [io_lib:format("~ts=~b", [R, N])
+                       || R <- ?REFUSALS, (N = maps:get(R, Closed, 0)) > 0])).
+
+undefined_to_zero(undefined) -> 0;
+undefined_to_zero(N) -> N.
