@@ -13,6 +13,9 @@ Faults (FAULTS), each with the time it took the other side to notice, bounded:
   stop_ejabberd_short   SIGSTOP the beam for T/3: nothing may drop
   stop_ejabberd_long    SIGSTOP the beam for 1.5 T + 2 s: the node drops it (frozen-peer detection)
   cut_distribution      `ss -K` both ends of the distribution connection between the two PIDs
+  probe_dist_port       6 silent and 6 slow-drip connections held on the node's distribution port
+                        (what a port scan or a stuck peer does): nobody may notice, no client drops,
+                        message rings keep their speed, the node closes them at its handshake deadline
 
 After every fault, check(): every client logged in again (deadline), ejabberd holds exactly one
 session and one c2s process per connected client and mod_megaphone's session table one entry per
@@ -27,7 +30,9 @@ import os
 import random
 import secrets
 import signal
+import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +43,10 @@ from harness import Ejabberd, MegaphoneNode, free_port, wait_for
 from xmpp_load import ClientSpec, Load
 
 FAULTS = ["kill_megaphone", "kill_ejabberd", "stop_megaphone_short", "stop_megaphone_long",
-          "stop_ejabberd_short", "stop_ejabberd_long", "cut_distribution"]
+          "stop_ejabberd_short", "stop_ejabberd_long", "cut_distribution", "probe_dist_port"]
+
+# Faults after which no client may have been cut off.
+HARMLESS = ("stop_megaphone_short", "stop_ejabberd_short", "probe_dist_port")
 
 
 class FaultCheckFailed(AssertionError):
@@ -234,8 +242,8 @@ class World:
                         self.load.losses("megaphone") - los_mp0, self.load.losses("native") - los_nat0, s, note)
         if detect is not None and bound is not None and detect > bound:
             raise FaultCheckFailed(f"[{fault}] noticed after {detect:.1f}s, bound {bound:.1f}s")
-        if fault.endswith("_short") and (r.losses_mp or r.losses_native):
-            raise FaultCheckFailed(f"[{fault}] a freeze below net_ticktime cut off {r.losses_mp} Megaphone "
+        if fault in HARMLESS and (r.losses_mp or r.losses_native):
+            raise FaultCheckFailed(f"[{fault}] a harmless fault cut off {r.losses_mp} Megaphone "
                                    f"and {r.losses_native} native clients")
         self.results.append(r)
         return r
@@ -358,6 +366,74 @@ class World:
         d1 = self._noticed_by_node(t0, 3, "the node to notice the cut")
         d2 = self._noticed_by_ejabberd(t0, 3, "ejabberd to notice the cut")
         return max(d1, d2), 3.0, f"ss -K destroyed {killed} socket(s); node {d1:.2f}s, ejabberd {d2:.2f}s"
+
+    # The node's handshake deadline (Erlang's net_setuptime default) and the probes' drip interval.
+    SETUP_S = 7.0
+    DRIP_S = 0.3
+
+    def _probe_dist_port(self):
+        """Holds 6 silent and 6 slow-drip (a handshake length, then a byte every 0.3 s) connections on
+        the node's distribution port until the node closes them, timing message rings meanwhile: a
+        ring may not take more than 2 s (it takes tens of ms; a node that waits for a handshake on its
+        distribution thread holds every client for seconds per probe). Noticed = the node closed the
+        last probe; bound = its deadline + 3 s."""
+        port = harness.epmd_names()[self.mp.name]
+        rings = [self._timed_ring()]
+        stop = threading.Event()
+        closed: list[float] = []
+        errors: list[str] = []
+
+        def probe(drip: bool) -> None:
+            t0 = time.monotonic()
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                    s.settimeout(self.DRIP_S)
+                    if drip:
+                        s.sendall(b"\x00\x20")
+                    while not stop.is_set():
+                        try:
+                            if not s.recv(64):
+                                break  # closed by the node
+                        except socket.timeout:
+                            if drip:
+                                s.sendall(b"n")
+                        except OSError:
+                            break  # reset by the node
+            except OSError as e:
+                errors.append(repr(e))
+            closed.append(time.monotonic() - t0)
+
+        threads = [threading.Thread(target=probe, args=(i % 2 == 1,), daemon=True) for i in range(12)]
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        try:
+            while len(closed) < len(threads) and time.monotonic() - t0 < self.SETUP_S + 10:
+                rings.append(self._timed_ring())
+                time.sleep(0.2)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(5)
+        if errors:
+            raise FaultCheckFailed(f"[probe_dist_port] probes could not connect: {errors[:3]}")
+        if len(closed) < len(threads) or max(closed) > self.SETUP_S + 3:
+            raise FaultCheckFailed(f"[probe_dist_port] the node did not close the probes at its deadline: "
+                                   f"{sorted(round(c, 1) for c in closed)}")
+        slowest = max(rings[1:], default=0.0)
+        if slowest > 2.0:
+            raise FaultCheckFailed(f"[probe_dist_port] a message ring took {slowest:.2f}s while the "
+                                   f"distribution port was probed (before: {rings[0]:.2f}s)")
+        return max(closed), self.SETUP_S + 3, (f"{len(rings) - 1} rings during the probes, slowest "
+                                               f"{slowest * 1000:.0f} ms (before {rings[0] * 1000:.0f} ms)")
+
+    def _timed_ring(self) -> float:
+        t = time.monotonic()
+        missing = self.load.round(timeout=20)
+        if missing:
+            raise FaultCheckFailed(f"[probe_dist_port] {len(missing)} ring messages not delivered, "
+                                   f"e.g. {missing[:3]}")
+        return time.monotonic() - t
 
 
 def plan(cycles: int, rng: random.Random, faults: list[str] = FAULTS) -> list[str]:
