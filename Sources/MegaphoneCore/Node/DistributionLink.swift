@@ -341,12 +341,16 @@ public final class DistributionLink {
     /// answers), as far as the kernel takes it now; the rest waits for POLLOUT. A peer with more than
     /// `outputLimit` bytes still waiting is not reading: it is dropped.
     private func flushPeers() {
-        for peer in peers where CEI_pending_output(peer.fd) > 0 {
-            let err = CEI_flush(peer.fd)
-            if err != 0 {
-                dropPeer(fd: peer.fd, reason: ErrnoName.erlang(err))
-                continue
+        for peer in peers {
+            if CEI_pending_output(peer.fd) > 0 {
+                let err = CEI_flush(peer.fd)
+                if err != 0 {
+                    dropPeer(fd: peer.fd, reason: ErrnoName.erlang(err))
+                    continue
+                }
             }
+            // Also when nothing was pending: a large message may have taken what was buffered before
+            // it straight to the socket (sockets.c, cb_writev).
             releaseHeld(fd: peer.fd)
             let pending = CEI_pending_output(peer.fd)
             if pending > outputLimit {
@@ -674,7 +678,7 @@ public final class DistributionLink {
             return
         }
         let end = CEI_output_written(fd)
-        if CEI_output_sent(fd) >= end {
+        if CEI_output_sent(fd) >= end && peers[i].held.isEmpty {
             distQueue.taken(bytes)
         } else {
             peers[i].held.append((end: end, bytes: bytes))
