@@ -13,6 +13,8 @@ public struct ServerConfiguration: Sendable {
     public var cookie: String
     /// The distribution port; 0 lets the kernel choose.
     public var distPort: Int
+    /// The IPv4 address the distribution port listens on; 0.0.0.0 for every interface.
+    public var distInterface: IPAddress
     /// Reactor threads; one per core by default.
     public var threads: Int
     /// Seconds of silence after which a connected Erlang node is taken for dead (Erlang's net_ticktime).
@@ -21,8 +23,9 @@ public struct ServerConfiguration: Sendable {
     public var distQueueLimit: Int
 
     public init(name: String, host: String, cookie: String, distPort: Int, threads: Int, netTicktime: Int,
-                distQueueLimit: Int = 64 << 20) {
+                distQueueLimit: Int = 64 << 20, distInterface: IPAddress = .loopbackIPv4) {
         self.distQueueLimit = distQueueLimit
+        self.distInterface = distInterface
         self.name = name
         self.host = host
         self.cookie = cookie
@@ -47,7 +50,8 @@ public enum Server {
         // Before any thread starts, so that all inherit the mask and only the signalfd sees them.
         DistributionLink.blockSignals()
         let node = try CNode(alive: configuration.name, host: configuration.host, cookie: configuration.cookie,
-                             distPort: configuration.distPort, logger: logger)
+                             distPort: configuration.distPort, interface: configuration.distInterface, logger: logger)
+        node.warnIfUnreachable(host: configuration.host, logger: logger)
         let counters = Counters()
         // One reactor runs on the distribution thread itself: no hand-off between threads, no eventfd.
         let inline = configuration.threads == 1

@@ -34,6 +34,9 @@ struct Megaphone: ParsableCommand {
     @Option(help: "Distribution port (0: any free port).")
     var distPort: Int = 0
 
+    @Option(help: "IPv4 address the distribution port listens on (0.0.0.0: every interface), like Erlang's inet_dist_use_interface.")
+    var distInterface: String = "127.0.0.1"
+
     @Option(help: "Log level.")
     var logLevel: LogLevelOption = .info
 
@@ -54,6 +57,9 @@ struct Megaphone: ParsableCommand {
         if cookie != nil && cookieFile != nil { throw ValidationError("give --cookie or --cookie-file, not both") }
         if let cookie, cookie.isEmpty { throw ValidationError("--cookie must not be empty") }
         guard (0...65_535).contains(distPort) else { throw ValidationError("--dist-port must be 0...65535") }
+        guard parseIPv4(distInterface) != nil else {
+            throw ValidationError("--dist-interface must be an IPv4 address such as 127.0.0.1 or 0.0.0.0")
+        }
         if let threads, !(1...Reactor_maxReactors).contains(threads) {
             throw ValidationError("--threads must be 1...\(Reactor_maxReactors)")
         }
@@ -76,7 +82,8 @@ struct Megaphone: ParsableCommand {
             distPort: distPort,
             threads: threads ?? max(1, Int(sysconf(CInt(_SC_NPROCESSORS_ONLN)))),
             netTicktime: netTicktime,
-            distQueueLimit: distQueueLimit
+            distQueueLimit: distQueueLimit,
+            distInterface: parseIPv4(distInterface) ?? .loopbackIPv4
         )
         // Failures (NodeError, SystemError, StartupError) print as one "Error: ..." line and exit 1.
         try Server.run(configuration, logger: logger)
@@ -108,6 +115,13 @@ struct Megaphone: ParsableCommand {
         guard !cookie.isEmpty else { throw StartupError("cookie file \(path) is empty") }
         return cookie
     }
+}
+
+/// A dotted-quad IPv4 address, or nil.
+private func parseIPv4(_ text: String) -> IPAddress? {
+    var address = in_addr()
+    guard inet_pton(AF_INET, text, &address) == 1 else { return nil }
+    return IPAddress(bytes: withUnsafeBytes(of: &address) { Array($0) })
 }
 
 /// A start-up failure, printed as one line.

@@ -15,6 +15,9 @@ Faults (FAULTS), each with the time it took the other side to notice, bounded:
   cut_distribution      `ss -K` both ends of the distribution connection between the two PIDs
   hangup_storm          hundreds of TCP connections opened and closed at once (FIN and RST) on a
                         second Megaphone node of the same ejabberd: no client of the first may drop
+  probe_dist_port       6 silent and 6 slow-drip connections held on the node's distribution port
+                        (what a port scan or a stuck peer does): nobody may notice, no client drops,
+                        message rings keep their speed, the node closes them at its handshake deadline
 
 After every fault, check(): every client logged in again (deadline), ejabberd holds exactly one
 session and one c2s process per connected client and mod_megaphone's session table one entry per
@@ -29,7 +32,9 @@ import os
 import random
 import secrets
 import signal
+import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,10 +45,11 @@ from harness import Ejabberd, MegaphoneNode, free_port, wait_for
 from xmpp_load import ClientSpec, Load
 
 FAULTS = ["kill_megaphone", "kill_ejabberd", "stop_megaphone_short", "stop_megaphone_long",
-          "stop_ejabberd_short", "stop_ejabberd_long", "cut_distribution", "hangup_storm"]
+          "stop_ejabberd_short", "stop_ejabberd_long", "cut_distribution", "hangup_storm",
+          "probe_dist_port"]
 
-# Faults that must cut off nobody.
-HARMLESS = {"stop_megaphone_short", "stop_ejabberd_short", "hangup_storm"}
+# Faults after which no client may have been cut off.
+HARMLESS = {"stop_megaphone_short", "stop_ejabberd_short", "hangup_storm", "probe_dist_port"}
 
 
 class FaultCheckFailed(AssertionError):
@@ -386,9 +392,77 @@ class World:
         d2 = self._noticed_by_ejabberd(t0, 3, "ejabberd to notice the cut")
         return max(d1, d2), 3.0, f"ss -K destroyed {killed} socket(s); node {d1:.2f}s, ejabberd {d2:.2f}s"
 
+    # The node's handshake deadline (Erlang's net_setuptime default) and the probes' drip interval.
+    SETUP_S = 7.0
+    DRIP_S = 0.3
+
+    def _probe_dist_port(self):
+        """Holds 6 silent and 6 slow-drip (a handshake length, then a byte every 0.3 s) connections on
+        the node's distribution port until the node closes them, timing message rings meanwhile: a
+        ring may not take more than 2 s (it takes tens of ms; a node that waits for a handshake on its
+        distribution thread holds every client for seconds per probe). Noticed = the node closed the
+        last probe; bound = its deadline + 3 s."""
+        port = harness.epmd_names()[self.mp.name]
+        rings = [self._timed_ring()]
+        stop = threading.Event()
+        closed: list[float] = []
+        errors: list[str] = []
+
+        def probe(drip: bool) -> None:
+            t0 = time.monotonic()
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                    s.settimeout(self.DRIP_S)
+                    if drip:
+                        s.sendall(b"\x00\x20")
+                    while not stop.is_set():
+                        try:
+                            if not s.recv(64):
+                                break  # closed by the node
+                        except socket.timeout:
+                            if drip:
+                                s.sendall(b"n")
+                        except OSError:
+                            break  # reset by the node
+            except OSError as e:
+                errors.append(repr(e))
+            closed.append(time.monotonic() - t0)
+
+        threads = [threading.Thread(target=probe, args=(i % 2 == 1,), daemon=True) for i in range(12)]
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        try:
+            while len(closed) < len(threads) and time.monotonic() - t0 < self.SETUP_S + 10:
+                rings.append(self._timed_ring())
+                time.sleep(0.2)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(5)
+        if errors:
+            raise FaultCheckFailed(f"[probe_dist_port] probes could not connect: {errors[:3]}")
+        if len(closed) < len(threads) or max(closed) > self.SETUP_S + 3:
+            raise FaultCheckFailed(f"[probe_dist_port] the node did not close the probes at its deadline: "
+                                   f"{sorted(round(c, 1) for c in closed)}")
+        slowest = max(rings[1:], default=0.0)
+        if slowest > 2.0:
+            raise FaultCheckFailed(f"[probe_dist_port] a message ring took {slowest:.2f}s while the "
+                                   f"distribution port was probed (before: {rings[0]:.2f}s)")
+        return max(closed), self.SETUP_S + 3, (f"{len(rings) - 1} rings during the probes, slowest "
+                                               f"{slowest * 1000:.0f} ms (before {rings[0] * 1000:.0f} ms)")
+
+    def _timed_ring(self) -> float:
+        t = time.monotonic()
+        missing = self.load.round(timeout=20)
+        if missing:
+            raise FaultCheckFailed(f"[probe_dist_port] {len(missing)} ring messages not delivered, "
+                                   f"e.g. {missing[:3]}")
+        return time.monotonic() - t
+
 
 def plan(cycles: int, rng: random.Random, faults: list[str] = FAULTS) -> list[str]:
-    """`cycles` faults, balanced: shuffled rounds of every kind (20 cycles of the 8 kinds: each 2 or 3
+    """`cycles` faults, balanced: shuffled rounds of every kind (20 cycles of the 9 kinds: each 2 or 3
     times), so every kind is exercised whatever the seed."""
     seq: list[str] = []
     while len(seq) < cycles:

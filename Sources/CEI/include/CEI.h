@@ -31,17 +31,34 @@ enum {
     CEI_ERL_TIMEOUT = ERL_TIMEOUT,
 };
 
-/* Socket callbacks for ei that time out with poll() instead of select() (which breaks past fd 1024)
- * and buffer reads and writes in user space; see sockets.c. Use them for every distribution socket, and
- * call CEI_flush after each batch of sends: until then, output may sit in the buffer. */
+/* Socket callbacks for ei that wait with poll() instead of select() (which breaks past fd 1024), buffer
+ * reads and writes in user space, and never block once a handshake is done; see sockets.c. Use them for
+ * every distribution socket. */
 ei_socket_callbacks *CEI_socket_callbacks(void);
 int CEI_socket_callbacks_size(void);
-/* Bytes already read from fd into user space: check before poll(), which cannot see them. */
+
+/* Runs ei's accept handshake on fd, a connection the caller accepted from listen_fd (ei_accept's own
+ * accept is bypassed), waiting at most timeout_ms in all. Blocks: call it on a thread of its own. The
+ * connection's fd on success (fd itself), else ERL_ERROR with erl_errno set (ETIMEDOUT: too slow); fd
+ * is closed then. ec may be a private copy of the node's ei_cnode. */
+int CEI_accept_handshake(ei_cnode *ec, int listen_fd, int fd, unsigned timeout_ms, ErlConnect *conn);
+
+/* Established connections (one thread, never blocking): */
+/* Reads what the kernel has into the input buffer, without waiting; *received: bytes read. 0, or an
+ * errno (EIO: the peer closed). Call it when poll() reports input. */
+int CEI_fill_input(int fd, long *received);
+/* Whether a whole message (or a tick) is in the input buffer: ei's receive then reads only from it. */
+int CEI_input_ready(int fd);
+/* Bytes already read from fd into user space (possibly part of a message). */
 long CEI_pending_input(int fd);
-/* Bytes written by ei but not yet sent. */
+/* Bytes written by ei but not yet taken by the kernel; watch POLLOUT while there are any. */
 long CEI_pending_output(int fd);
-/* Sends the pending output within tmo milliseconds. 0 or an errno (ETIMEDOUT). */
-int CEI_flush(int fd, unsigned tmo);
+/* Bytes ei has written to fd, and bytes the kernel took, since fd was opened: a message written when
+ * the first count was N has left user space once the second reaches N. */
+unsigned long long CEI_output_written(int fd);
+unsigned long long CEI_output_sent(int fd);
+/* Sends what the kernel takes of the pending output, without waiting. 0 or an errno. */
+int CEI_flush(int fd);
 
 /* Copies of fields Swift sees as fixed-size char tuples. */
 const char *CEI_pid_node(const erlang_pid *pid);

@@ -1,4 +1,5 @@
 import CEI
+import CLinux
 import Logging
 
 #if canImport(Glibc)
@@ -17,15 +18,20 @@ public final class CNode {
     /// Open for the node's lifetime: epmd unregisters the name when it closes.
     private var epmdFD: CInt
 
-    /// Initialises ei, opens the distribution port and registers `alive@host` with epmd, starting
-    /// `epmd -daemon` first when none answers (as `erl` does).
-    public init(alive: String, host: String, cookie: String, distPort: Int, logger: Logger) throws(NodeError) {
+    /// The address the distribution port listens on (0.0.0.0: every interface).
+    public let interface: IPAddress
+
+    /// Initialises ei, opens the distribution port on `interface` (IPv4) and registers `alive@host` with
+    /// epmd, starting `epmd -daemon` first when none answers (as `erl` does).
+    public init(alive: String, host: String, cookie: String, distPort: Int, interface: IPAddress = .loopbackIPv4,
+                logger: Logger) throws(NodeError) {
         // ei_init must come first; ignoring SIGPIPE keeps a write to a peer that already left from
         // killing the process silently (seen in the prototype).
         guard ei_init() == 0 else { throw .initFailed(erlErrno: CEI_erl_errno()) }
         signal(SIGPIPE, SIG_IGN)
 
         nodeName = "\(alive)@\(host)"
+        self.interface = interface
         // A creation that differs on every start, so that pids of an earlier run are not taken for ours.
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
@@ -34,9 +40,13 @@ public final class CNode {
                                        CEI_socket_callbacks(), CEI_socket_callbacks_size(), nil)
         guard rc >= 0 else { throw .initFailed(erlErrno: CEI_erl_errno()) }
 
-        var address = in_addr(s_addr: INADDR_ANY)
+        // Loopback unless told otherwise, as operators expect from Erlang's inet_dist_use_interface: epmd
+        // advertises the port to anyone who asks, and an unauthenticated peer costs a handshake.
+        var address = in_addr()
+        withUnsafeMutableBytes(of: &address) { $0.copyBytes(from: interface.bytes.prefix(4)) }
         var boundPort = CInt(distPort)
-        let fd = ei_xlisten(&ec, &address, &boundPort, 5)
+        // The backlog holds connections between two turns of the distribution loop, which accepts them all.
+        let fd = ei_xlisten(&ec, &address, &boundPort, 128)
         guard fd >= 0 else {
             let e = CEI_erl_errno()
             throw e == EADDRINUSE ? .distPortInUse(port: distPort) : .listenFailed(erlErrno: e)
@@ -50,6 +60,39 @@ public final class CNode {
             _ = ei_close_connection(fd)
             throw error
         }
+    }
+
+    /// Warns when the host part of the node name resolves to no address the distribution port listens
+    /// on: Erlang nodes look the port up in epmd and connect to the host's address, so they could not
+    /// reach this node (a Debian host often resolves its own name to 127.0.1.1, not 127.0.0.1).
+    public func warnIfUnreachable(host: String, logger: Logger) {
+        guard interface != .anyIPv4 else { return }
+        let resolved = Self.ipv4Addresses(of: host)
+        guard !resolved.isEmpty, !resolved.contains(interface) else { return }
+        logger.warning("The node's host name resolves to an address the distribution port does not listen on; Erlang nodes cannot connect. Use --dist-interface",
+                       metadata: ["host": "\(host)", "host.addresses": "\(resolved.map(\.description))",
+                                  "dist.interface": "\(interface)"])
+    }
+
+    /// The IPv4 addresses `host` resolves to (empty when it does not).
+    static func ipv4Addresses(of host: String) -> [IPAddress] {
+        var hints = addrinfo()
+        hints.ai_family = AF_INET
+        hints.ai_socktype = CInt(CLinux_SOCK_STREAM)
+        var list: UnsafeMutablePointer<addrinfo>? = nil
+        guard getaddrinfo(host, nil, &hints, &list) == 0 else { return [] }
+        defer { freeaddrinfo(list) }
+        var addresses: [IPAddress] = []
+        var entry = list
+        while let current = entry {
+            if let sa = current.pointee.ai_addr, current.pointee.ai_family == AF_INET {
+                let sin = UnsafeRawPointer(sa).loadUnaligned(as: sockaddr_in.self)
+                let bytes = withUnsafeBytes(of: sin.sin_addr) { Array($0) }
+                if let ip = IPAddress(bytes: bytes), !addresses.contains(ip) { addresses.append(ip) }
+            }
+            entry = current.pointee.ai_next
+        }
+        return addresses
     }
 
     deinit {

@@ -13,10 +13,16 @@ import Glibc
 /// corrupts the stream (seen in 2 of 3 runs of the prototype). Here one thread polls the distribution
 /// listener, each connected Erlang node, the reactors' output mailbox and a signalfd; it decodes
 /// requests, hands connection work to the reactors, and encodes and sends what they report back.
-/// Every ei call after start-up happens on this thread. No `_tmo` call can reach `select()`: the
-/// socket callbacks (`CEI_socket_callbacks`) wait with `poll()`. They also buffer: one `recv` may bring
-/// many messages (so `receive` goes on while input is buffered), and what ei writes is sent by
-/// `flushPeers()` once per loop turn, so a burst of events costs one `sendmsg`.
+/// Every ei call on an established connection happens on this thread; handshakes run on threads of
+/// their own (`DistributionAcceptor`).
+///
+/// Nothing here waits for a peer: one silent, slow or frozen peer must not hold the others, nor the
+/// clients. The socket callbacks (`CEI_socket_callbacks`, sockets.c) buffer both ways. Input is read
+/// without waiting (`CEI_fill_input`) when poll() reports it, and ei's receive is called only once a
+/// whole message is buffered, so it never reads from the kernel. What ei writes goes out with
+/// MSG_DONTWAIT; what the kernel does not take stays buffered, POLLOUT is watched for it, and
+/// `flushPeers()` sends it once per loop turn (so a burst of events costs one `sendmsg`). A peer with
+/// more than `outputLimit` bytes waiting is dropped.
 public final class DistributionLink {
     private struct Peer {
         var fd: CInt
@@ -25,6 +31,10 @@ public final class DistributionLink {
         /// Last time anything (a message or a tick) arrived from the peer. What we send does not count:
         /// the kernel of a frozen (SIGSTOPped) peer still acknowledges it.
         var lastHeard: Int64
+        /// Client bytes written for this peer that are still in user space, by the output position
+        /// (`CEI_output_written`) at which they end: they leave `distQueue` once the kernel took them,
+        /// so that a slow peer pushes back on the clients instead of its output growing.
+        var held: [(end: UInt64, bytes: Int)] = []
     }
 
     private struct WeakListener {
@@ -62,6 +72,11 @@ public final class DistributionLink {
     private var receiveBuffer = ei_x_buff()
     private var peers: [Peer] = []
     private let signalFD: CInt
+    private let acceptor: DistributionAcceptor
+    /// Output that may wait for one peer before it is dropped. Client data for it is held to
+    /// `distQueue.limit` (plus a chunk per reactor) by the pause of client reads; the rest is replies
+    /// and events, which a reading peer takes at once.
+    private let outputLimit: Int
 
     private var controller: PidRef? = nil
     private var options = StartOptions()
@@ -76,10 +91,6 @@ public final class DistributionLink {
     /// What the reactors run with since the last start (for a SIGHUP reload).
     private var reactorConfig: ReactorConfig? = nil
     private var running = true
-
-    /// How long one receive or send may take once poll() said the socket is ready. A peer that
-    /// stalls inside a message for this long is dead or hostile: the stream is dropped.
-    private let ioTimeoutMillis: UInt32
 
     /// Takes over `node`. Blocks SIGINT, SIGTERM and SIGHUP for the calling thread (call it before
     /// starting other threads so they inherit the mask) and reads them from a signalfd instead.
@@ -96,9 +107,10 @@ public final class DistributionLink {
         self.counters = counters
         self.logger = logger
         netTicktimeMillis = Int64(netTicktimeSeconds) * 1000
-        ioTimeoutMillis = UInt32(clamping: netTicktimeMillis)
+        outputLimit = distQueue.limit + 64 << 20
         selfPid = node.selfPid
         refs = ConnectionRefs(node: node.nodeName, creation: node.selfPid.creation)
+        acceptor = try DistributionAcceptor(node: node, counters: counters, logger: logger)
         ei_x_new(&receiveBuffer)
         signalFD = try Self.makeSignalFD()
     }
@@ -127,12 +139,16 @@ public final class DistributionLink {
 
     /// Serves until a shutdown has completed.
     public func run() {
-        logger.info("Waiting for Erlang nodes", metadata: ["node": "\(node.nodeName)", "dist.port": "\(node.port)"])
+        logger.info("Waiting for Erlang nodes", metadata: ["node": "\(node.nodeName)", "dist.port": "\(node.port)",
+                                                         "dist.interface": "\(node.interface)"])
         while running {
+            let accepting = shutdown == nil && acceptor.isAccepting
             var fds = [
                 pollfd(fd: output.wakeup.fd, events: Int16(POLLIN), revents: 0),
                 pollfd(fd: signalFD, events: Int16(POLLIN), revents: 0),
-                pollfd(fd: node.listenFD, events: Int16(POLLIN), revents: 0),
+                // A negative fd is ignored by poll(): not accepting (shutting down, or paused after EMFILE).
+                pollfd(fd: accepting ? node.listenFD : -1, events: Int16(POLLIN), revents: 0),
+                pollfd(fd: acceptor.results.wakeup.fd, events: Int16(POLLIN), revents: 0),
             ]
             if let inline { fds.append(pollfd(fd: inline.pollFD, events: Int16(POLLIN), revents: 0)) }
             let firstPeer = fds.count
@@ -141,20 +157,26 @@ public final class DistributionLink {
             // suspends the senders) instead of the reactors' mailboxes growing. Checked every 5 ms.
             let throttled = requests.queuedBytes >= requests.limit
             if throttled { requests.pausedReads.add(1, ordering: .relaxed) }
-            fds += peers.map { pollfd(fd: $0.fd, events: throttled ? 0 : Int16(POLLIN), revents: 0) }
-            // Input already in user space is invisible to poll(): don't sleep on it.
-            let buffered = !throttled && peers.contains { CEI_pending_input($0.fd) > 0 }
+            fds += peers.map { peer in
+                let input = throttled ? 0 : Int16(POLLIN)
+                let output = CEI_pending_output(peer.fd) > 0 ? Int16(POLLOUT) : 0
+                return pollfd(fd: peer.fd, events: input | output, revents: 0)
+            }
+            // A whole message already in user space is invisible to poll(): don't sleep on it.
+            let buffered = !throttled && peers.contains { CEI_input_ready($0.fd) != 0 }
             let inlineBusy = inline.map { $0.hasUnsignalledCommands } ?? false
             let timeout: CInt = buffered || inlineBusy ? 0 : throttled ? 5 : inline?.needsTimer == true ? 250 : 1_000
             let n = poll(&fds, nfds_t(fds.count), timeout)
             if n > 0 {
                 if fds[1].revents != 0 { handleSignals() }
                 if fds[0].revents != 0 { handleReactorOutput() }
-                if fds[2].revents != 0 && shutdown == nil { acceptPeer() }
-                for p in fds[firstPeer...] where p.revents != 0 && !throttled { receive(from: p.fd) }
+                if fds[3].revents != 0 { adoptHandshakes() }
+                if fds[2].revents != 0 && shutdown == nil { acceptor.acceptReady() }
+                let readable = Int16(POLLIN) | Int16(POLLHUP) | Int16(POLLERR)
+                for p in fds[firstPeer...] where p.revents & readable != 0 && !throttled { receive(from: p.fd) }
             }
             if buffered {
-                for peer in peers where CEI_pending_input(peer.fd) > 0 { receive(from: peer.fd) }
+                for peer in peers where CEI_input_ready(peer.fd) != 0 { receive(from: peer.fd) }
             }
             if let inline, inline.isRunning {
                 // What the peers asked for is done in the same turn, and what it produced is sent in it.
@@ -209,30 +231,39 @@ public final class DistributionLink {
 
     // MARK: peers
 
-    private func acceptPeer() {
-        var connection = ErlConnect()
-        let fd = ei_accept_tmo(&node.ec, node.listenFD, &connection, 5_000)
-        guard fd >= 0 else {
-            // A wrong cookie, a port scanner, or a peer too slow to finish the handshake.
-            logger.warning("Refused a distribution connection (wrong cookie or failed handshake)",
-                           metadata: ["reason": "\(ErrnoName.erlang(CEI_erl_errno()))"])
-            return
+    /// Takes the connections whose handshake ended (on a handshake thread) as peers.
+    private func adoptHandshakes() {
+        for outcome in acceptor.takeResults() {
+            switch outcome {
+            case .failed(let e) where e == ETIMEDOUT:
+                // A port scanner, a health check, or a peer that stalls on purpose.
+                counters.distHandshakeTimeouts.add(1, ordering: .relaxed)
+                logger.debug("Distribution handshake timed out")
+            case .failed(let e):
+                // A wrong cookie, something that is not an Erlang node, or a peer that hung up.
+                counters.distHandshakesFailed.add(1, ordering: .relaxed)
+                logger.warning("Refused a distribution connection (wrong cookie or failed handshake)",
+                               metadata: ["reason": "\(ErrnoName.erlang(e))"])
+            case .connected(let fd, let name):
+                counters.distHandshakes.add(1, ordering: .relaxed)
+                guard shutdown == nil, let index = names.intern(name) else {
+                    _ = ei_close_connection(fd)
+                    continue
+                }
+                if let old = peers.first(where: { $0.node == index }) {
+                    dropPeer(fd: old.fd, reason: "replaced by a new connection")
+                }
+                peers.append(Peer(fd: fd, name: name, node: index, lastHeard: monotonicMillis()))
+                logger.info("Erlang node connected", metadata: ["peer": "\(name)"])
+            }
         }
-        let name = String(cString: CEI_conn_nodename(&connection))
-        guard let index = names.intern(name) else {
-            _ = ei_close_connection(fd)
-            return
-        }
-        if let old = peers.first(where: { $0.node == index }) {
-            dropPeer(fd: old.fd, reason: "replaced by a new connection")
-        }
-        peers.append(Peer(fd: fd, name: name, node: index, lastHeard: monotonicMillis()))
-        logger.info("Erlang node connected", metadata: ["peer": "\(name)"])
     }
 
     private func dropPeer(fd: CInt, reason: String) {
         guard let i = peers.firstIndex(where: { $0.fd == fd }) else { return }
         let peer = peers.remove(at: i)
+        // Its client bytes were dropped with it.
+        distQueue.taken(peer.held.reduce(0) { $0 + $1.bytes })
         _ = ei_close_connection(fd)
         logger.info("Erlang node disconnected", metadata: ["peer": "\(peer.name)", "reason": "\(reason)"])
         for reactor in reactors { reactor.commands.post(.nodeDown(node: peer.node)) }
@@ -259,26 +290,35 @@ public final class DistributionLink {
     }
 
     private func hasInput(_ fd: CInt) -> Bool {
-        if CEI_pending_input(fd) > 0 { return true }
+        if CEI_input_ready(fd) != 0 { return true }
         var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
         return poll(&p, 1, 0) > 0
     }
 
-    /// Receives what `fd` has: one message, then more while they are already buffered (at most 256, so
-    /// that one busy peer cannot starve the others).
+    /// Reads what `fd` has without waiting, then handles the whole messages buffered (at most 256, so
+    /// that one busy peer cannot starve the others). Part of a message stays buffered until the rest
+    /// arrives: a peer that stops inside a message holds nobody, and is dropped when silent for
+    /// net_ticktime.
     private func receive(from fd: CInt) {
+        guard let i = peers.firstIndex(where: { $0.fd == fd }) else { return }
+        var received = 0
+        let err = CEI_fill_input(fd, &received)
+        if received > 0 { peers[i].lastHeard = monotonicMillis() }
         for _ in 0..<256 {
-            guard receiveOne(from: fd), CEI_pending_input(fd) > 0 else { return }
+            guard CEI_input_ready(fd) != 0, receiveOne(from: fd) else { break }
         }
+        // An error after whole messages: those were handled first (a peer's last words count).
+        if err != 0 { dropPeer(fd: fd, reason: ErrnoName.erlang(err)) }
     }
 
-    /// Returns false when the peer was dropped.
+    /// Handles the whole message at the head of the input buffer. Returns false when the peer was dropped.
     private func receiveOne(from fd: CInt) -> Bool {
-        guard let i = peers.firstIndex(where: { $0.fd == fd }) else { return false }
+        guard peers.contains(where: { $0.fd == fd }) else { return false }
         let message = messageHeader
         message.pointee.msgtype = -1
-        let rc = ei_xreceive_msg_tmo(fd, message, &receiveBuffer, ioTimeoutMillis)
-        peers[i].lastHeard = monotonicMillis()
+        // Reads only from the buffer (a whole message is there), so this never waits; a tick is
+        // answered into the output buffer.
+        let rc = ei_xreceive_msg(fd, message, &receiveBuffer)
         defer { trimReceiveBuffer() }
         switch rc {
         case CInt(CEI_ERL_TICK):
@@ -301,11 +341,53 @@ public final class DistributionLink {
     }
 
     /// Sends what ei has written into the socket buffers since the last turn (replies, events, tick
-    /// answers). A peer that cannot take it within the I/O timeout is dropped.
+    /// answers), as far as the kernel takes it now; the rest waits for POLLOUT. A peer with more than
+    /// `outputLimit` bytes still waiting is not reading: it is dropped.
     private func flushPeers() {
-        for peer in peers where CEI_pending_output(peer.fd) > 0 {
-            let err = CEI_flush(peer.fd, ioTimeoutMillis)
-            if err != 0 { dropPeer(fd: peer.fd, reason: ErrnoName.erlang(err)) }
+        for peer in peers {
+            if CEI_pending_output(peer.fd) > 0 {
+                let err = CEI_flush(peer.fd)
+                if err != 0 {
+                    dropPeer(fd: peer.fd, reason: ErrnoName.erlang(err))
+                    continue
+                }
+            }
+            // Also when nothing was pending: a large message may have taken what was buffered before
+            // it straight to the socket (sockets.c, cb_writev).
+            releaseHeld(fd: peer.fd)
+            let pending = CEI_pending_output(peer.fd)
+            if pending > outputLimit {
+                counters.distOutputOverflows.add(1, ordering: .relaxed)
+                logger.warning("An Erlang node takes no output: dropping it",
+                               metadata: ["peer": "\(peer.name)", "output.pending": "\(pending)",
+                                          "output.limit": "\(outputLimit)"])
+                dropPeer(fd: peer.fd, reason: "output_limit")
+            }
+        }
+        if distQueue.shouldResume() {
+            for reactor in reactors { reactor.commands.post(.resumeReads) }
+        }
+    }
+
+    /// Takes off `distQueue` the client bytes the kernel has taken for `fd`.
+    private func releaseHeld(fd: CInt) {
+        guard let i = peers.firstIndex(where: { $0.fd == fd }), !peers[i].held.isEmpty else { return }
+        let sent = CEI_output_sent(fd)
+        let done = peers[i].held.prefix { $0.end <= sent }
+        guard !done.isEmpty else { return }
+        distQueue.taken(done.reduce(0) { $0 + $1.bytes })
+        peers[i].held.removeFirst(done.count)
+    }
+
+    /// At shutdown: gives the peers up to a second to take what is still buffered (the replies).
+    private func flushPeersBeforeClosing() {
+        let deadline = monotonicMillis() + 1_000
+        while true {
+            flushPeers()
+            var fds = peers.filter { CEI_pending_output($0.fd) > 0 }.map { pollfd(fd: $0.fd, events: Int16(POLLOUT), revents: 0) }
+            let left = deadline - monotonicMillis()
+            guard !fds.isEmpty, left > 0 else { return }
+            _ = poll(&fds, nfds_t(fds.count), CInt(left))
         }
     }
 
@@ -538,7 +620,7 @@ public final class DistributionLink {
         for waiter in shutdown?.waiters ?? [] {
             sendStats(to: waiter.pid, tag: "megaphone_stopped", ref: waiter.ref)
         }
-        flushPeers()
+        flushPeersBeforeClosing()
         for peer in peers { _ = ei_close_connection(peer.fd) }
         peers = []
         running = false
@@ -551,8 +633,8 @@ public final class DistributionLink {
         for item in output.takeAll() {
             switch item {
             case .send(let to, let event):
-                send(to: to, event)
-                if case .data(_, let bytes) = event { distQueue.taken(bytes.count) }
+                let fd = deliver(to: to, event)
+                if case .data(_, let bytes) = event { hold(bytes.count, for: fd) }
             case .drained(let index):
                 guard !finishing, shutdown != nil else { continue }
                 shutdown?.drained.insert(index)
@@ -565,24 +647,52 @@ public final class DistributionLink {
     }
 
     private func send(to pid: PidRef, _ event: Event) {
-        let selfPid = self.selfPid
-        let refs = self.refs
-        send(to: pid) { e in event.encode(into: e, refs: refs, selfPid: { $0.pid(selfPid) }) }
+        _ = deliver(to: pid, event)
     }
 
-    /// Encodes with `build` and sends to `pid` over its node's link; dropped (and counted) when that
-    /// node is not connected.
     private func send(to pid: PidRef, _ build: (TermEncoder) -> Void) {
+        _ = deliver(to: pid, build)
+    }
+
+    /// Returns the fd the event was written to, nil when it was dropped.
+    private func deliver(to pid: PidRef, _ event: Event) -> CInt? {
+        let selfPid = self.selfPid
+        let refs = self.refs
+        return deliver(to: pid) { e in event.encode(into: e, refs: refs, selfPid: { $0.pid(selfPid) }) }
+    }
+
+    /// Encodes with `build` and writes it for `pid` to its node's link (buffered: `flushPeers` sends
+    /// it); dropped (and counted) when that node is not connected. Returns the fd written to.
+    private func deliver(to pid: PidRef, _ build: (TermEncoder) -> Void) -> CInt? {
         guard let i = peers.firstIndex(where: { $0.node == pid.node }), let nodeName = names.name(of: pid.node) else {
             counters.undeliverable.add(1, ordering: .relaxed)
-            return
+            return nil
         }
         encoder.reset()
         build(encoder)
         var to = erlang_pid()
         CEI_pid_set(&to, nodeName, pid.num, pid.serial, pid.creation)
         let fd = peers[i].fd
-        let rc = encoder.withBuffer { ei_send_tmo(fd, &to, $0, $1, ioTimeoutMillis) }
-        if rc < 0 { dropPeer(fd: fd, reason: ErrnoName.erlang(CEI_erl_errno())) }
+        // Never waits: the socket callbacks buffer what the kernel does not take.
+        let rc = encoder.withBuffer { ei_send(fd, &to, $0, $1) }
+        if rc < 0 {
+            dropPeer(fd: fd, reason: ErrnoName.erlang(CEI_erl_errno()))
+            return nil
+        }
+        return fd
+    }
+
+    /// Client bytes just written for `fd` (nil: dropped) stay on `distQueue` until the kernel took them.
+    private func hold(_ bytes: Int, for fd: CInt?) {
+        guard let fd, let i = peers.firstIndex(where: { $0.fd == fd }) else {
+            distQueue.taken(bytes)
+            return
+        }
+        let end = CEI_output_written(fd)
+        if CEI_output_sent(fd) >= end && peers[i].held.isEmpty {
+            distQueue.taken(bytes)
+        } else {
+            peers[i].held.append((end: end, bytes: bytes))
+        }
     }
 }

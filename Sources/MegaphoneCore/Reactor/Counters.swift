@@ -49,6 +49,14 @@ public final class Counters: Sendable {
     public let certificateLoadFailures = Atomic<Int>(0)
     /// Erlang nodes dropped because nothing, not even a tick, came from them for net_ticktime.
     public let netTickTimeouts = Atomic<Int>(0)
+    /// Connections to the distribution port: handshakes completed, failed (wrong cookie, not an Erlang
+    /// node, closed), not completed within the deadline, and closed unheard because too many were running.
+    public let distHandshakes = Atomic<Int>(0)
+    public let distHandshakesFailed = Atomic<Int>(0)
+    public let distHandshakeTimeouts = Atomic<Int>(0)
+    public let distHandshakesRefused = Atomic<Int>(0)
+    /// Erlang nodes dropped because more output waited for them than the per-peer bound.
+    public let distOutputOverflows = Atomic<Int>(0)
     private let closedCounts: [ClosedCounter] = CloseReason.allCases.map { _ in ClosedCounter() }
 
     public init() {}
@@ -67,6 +75,11 @@ public final class Counters: Sendable {
             ("certificate_loads", certificateLoads.load(ordering: .relaxed)),
             ("certificate_load_failures", certificateLoadFailures.load(ordering: .relaxed)),
             ("net_tick_timeouts", netTickTimeouts.load(ordering: .relaxed)),
+            ("dist_handshakes", distHandshakes.load(ordering: .relaxed)),
+            ("dist_handshakes_failed", distHandshakesFailed.load(ordering: .relaxed)),
+            ("dist_handshake_timeouts", distHandshakeTimeouts.load(ordering: .relaxed)),
+            ("dist_handshakes_refused", distHandshakesRefused.load(ordering: .relaxed)),
+            ("dist_output_overflows", distOutputOverflows.load(ordering: .relaxed)),
         ]
     }
 
