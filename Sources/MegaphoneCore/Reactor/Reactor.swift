@@ -598,6 +598,9 @@ public final class Reactor: @unchecked Sendable {
             clientFinished(fd)
         } else if let (reason, event) = ended {
             closeConnection(fd, reason: reason, notify: event)
+        } else if table[fd].flags.contains(.peerClosed) {
+            // A chunk that filled up just before the EOF: tcp_closed follows it all the same.
+            finishIfDrained(fd)
         }
     }
 
