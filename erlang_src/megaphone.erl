@@ -92,6 +92,7 @@
              | {max_connections_per_ip, pos_integer() | infinity}
              | {connection_rate_per_ip, {pos_integer(), pos_integer()} | infinity}
              | {stream_header_timeout, pos_integer() | infinity}
+             | {announce_timeout, pos_integer() | infinity}
              | {max_chunk, pos_integer()}
              | {send_queue_limit, pos_integer()}
              | {input_buffer_limit, pos_integer()}
@@ -109,6 +110,11 @@
 %%     to send a complete XMPP stream header; then it gets a
 %%     `connection-timeout' stream error and is closed (default `infinity':
 %%     the node moves any bytes; an XMPP controller sets it);</li>
+%% <li>`announce_timeout': milliseconds an announced connection may wait
+%%     for its first `get_data'; then it is closed, its controller told
+%%     `{tcp_closed, ConnId}', and it is counted as `announce_timeout' in
+%%     `stats' `closed' (default 30000: a controller that died while its
+%%     node is up would otherwise leave it open for ever);</li>
 %% <li>`max_chunk': the largest `{tcp, ConnId, Binary}' (default 64 KiB);</li>
 %% <li>`send_queue_limit': bytes queued for one client; data that would go
 %%     past it is dropped, the owner is told `{tcp_error, ConnId,

@@ -58,6 +58,8 @@ per_ip(#{node := Node}) ->
     %% A slot freed is a slot to take.
     ok = gen_tcp:close(C2),
     ?assertMatch({tcp_closed, Id2}, recv_closed(Id2)),
+    %% As a c2s does: the node keeps our side open for an answer until then.
+    ok = megaphone:close(Node, Id2),
     poll(fun() -> maps:get(connections, stats(Node)) =:= 1 end, ?WAIT),
     {C4, _} = accept(Port),
     ?assertEqual({error, timeout}, gen_tcp:recv(C4, 0, 200)),

@@ -180,6 +180,9 @@ dist_operations(Fixture = #{node := Node}) ->
     ok = megaphone:get_data(Node, ConnId),
     ?assertMatch({tcp, ConnId, <<"still">>}, ?RECV({tcp, ConnId, _})),
     ok = gen_tcp:close(Client),
+    %% As a c2s does: the node keeps our side open for an answer until then.
+    ?RECV({tcp_closed, ConnId}),
+    ok = megaphone:close(Node, ConnId),
     still_serving(Fixture, Before),
     process_flag(trap_exit, false).
 
@@ -389,6 +392,8 @@ still_serving(Fixture = #{node := Node}, #{os_pid := OsPid, fds := Fds}) ->
     ?assertEqual({ok, <<"back">>}, gen_tcp:recv(Client, 4, ?WAIT)),
     {ok, #{connections := 1}} = megaphone:stats(Node),
     ok = gen_tcp:close(Client),
+    ?RECV({tcp_closed, ConnId}),
+    ok = megaphone:close(Node, ConnId),
     %% The listener is the one fd we added on purpose.
     poll(fun() -> fd_count(OsPid) =< Fds + 1 end, ?WAIT).
 

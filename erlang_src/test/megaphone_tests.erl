@@ -189,7 +189,8 @@ client_disconnect_reaches_owner(#{node := Node}) ->
 
 %% As gen_tcp in {active, once} mode: what the client sent before it hung up
 %% is still delivered, one chunk per get_data, and tcp_closed follows the last
-%% chunk at once. Nothing arrives before the owner asks.
+%% chunk at once. Nothing arrives before the owner asks. Our side stays open
+%% for the owner's answer until it closes (as a c2s does on tcp_closed).
 hangup_with_unread_input(#{node := Node}) ->
     Port = listen(Node),
     {Client, ConnId} = accept(Port),
@@ -198,7 +199,10 @@ hangup_with_unread_input(#{node := Node}) ->
     ?NO_MSG({tcp_closed, ConnId}, ?QUIET),
     ?assertEqual(<<"last words before leaving">>, read_bytes(Node, ConnId, 25)),
     ?RECV({tcp_closed, ConnId}, ?WAIT),
-    {ok, #{connections := 0, closed := #{client_closed := 1}}} = megaphone:stats(Node).
+    ?assertMatch({ok, #{connections := 1}}, megaphone:stats(Node)),
+    ok = megaphone:close(Node, ConnId),
+    poll(fun() -> {ok, S} = megaphone:stats(Node), maps:get(connections, S) =:= 0 end, ?WAIT),
+    {ok, #{connections := 0, closed := #{client_closed := 1, requested := 0}}} = megaphone:stats(Node).
 
 stats_count(#{node := Node}) ->
     Port = listen(Node),
@@ -218,6 +222,7 @@ stats_count(#{node := Node}) ->
     ?assertMatch(#{connections := 1, accepted := 1, bytes_in := 10, bytes_out := 7}, Stats1),
     ok = gen_tcp:close(Client),
     ?RECV({tcp_closed, ConnId}, ?WAIT),
+    ok = megaphone:close(Node, ConnId),
     Stats2 = poll(fun() ->
                           {ok, S} = megaphone:stats(Node),
                           maps:get(connections, S) =:= 0 andalso S

@@ -38,6 +38,9 @@ public struct StartOptions: Equatable, Sendable {
     /// Close a connection that has sent no complete stream header this long after it was announced;
     /// nil is `infinity` (the node moves any bytes; only an XMPP controller should set it).
     public var streamHeaderTimeoutMillis: Int? = nil
+    /// Close a connection that nobody has asked for data (`get_data`) this long after it was announced
+    /// (its controller died, or never meant to take it); nil is `infinity`.
+    public var announceTimeoutMillis: Int? = 30_000
     public var maxChunk: Int = 65_536
     public var sendQueueLimit: Int = 1 << 20
     public var inputBufferLimit: Int = 1 << 20
@@ -309,6 +312,13 @@ private struct RequestDecoder {
                 options.streamHeaderTimeoutMillis = nil
             } else {
                 options.streamHeaderTimeoutMillis = try positive(&r, name, max: 3_600_000)
+            }
+        case "announce_timeout":
+            if isAtom(r) {
+                guard (try? r.readAtom()) == "infinity" else { throw fail(.badopt(name)) }
+                options.announceTimeoutMillis = nil
+            } else {
+                options.announceTimeoutMillis = try positive(&r, name, max: 3_600_000)
             }
         case "ciphers":
             guard let text = try? r.readIOData(limit: 4096), !text.isEmpty else { throw fail(.badopt(name)) }

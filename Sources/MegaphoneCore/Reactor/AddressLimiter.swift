@@ -14,8 +14,7 @@ public struct ConnectionRate: Equatable, Sendable {
 /// Open connections and recent connection attempts per client address, across all reactors:
 /// `max_connections_per_ip` and `connection_rate_per_ip`.
 ///
-/// An address is an IPv4 address or an IPv6 /64 (one host or site usually holds a whole /64, so
-/// counting single IPv6 addresses would limit nothing). IPv4-mapped IPv6 addresses count as IPv4.
+/// An address is an `AddressKey`: an IPv4 address or an IPv6 /64.
 ///
 /// Memory is bounded whatever the spread of source addresses: an entry lives while its address has
 /// open connections (bounded by the connections themselves) or, with a rate set, until its bucket is
@@ -40,27 +39,8 @@ public final class AddressLimiter: Sendable {
         case refused(Refusal)
     }
 
-    /// An IPv4 address or an IPv6 /64 prefix.
-    struct Key: Hashable {
-        var prefix: UInt64
-        var isIPv4: Bool
-
-        init(_ ip: IPAddress) {
-            let b = ip.bytes
-            let mapped = b.count == 16 && b[0..<10].allSatisfy { $0 == 0 } && b[10] == 0xFF && b[11] == 0xFF
-            if b.count == 4 || mapped {
-                let v4 = b.suffix(4)
-                prefix = v4.reduce(0) { $0 << 8 | UInt64($1) }
-                isIPv4 = true
-            } else {
-                prefix = b.prefix(8).reduce(0) { $0 << 8 | UInt64($1) }
-                isIPv4 = false
-            }
-        }
-    }
-
     struct Entry {
-        var key: Key
+        var key: AddressKey
         var connections: Int32 = 0
         /// Tokens left at `stamp` (milliseconds), in thousandths of a token.
         var milliTokens: Int64 = 0
@@ -69,9 +49,9 @@ public final class AddressLimiter: Sendable {
     }
 
     struct State {
-        var index: [Key: UInt32] = [:]
+        var index: [AddressKey: UInt32] = [:]
         /// Slot 0 is never used: handle 0 means "not tracked".
-        var entries: [Entry] = [Entry(key: Key(.anyIPv4))]
+        var entries: [Entry] = [Entry(key: AddressKey(.anyIPv4))]
         var free: [UInt32] = []
         /// Entries with no open connection, kept for their bucket.
         var idle = 0
@@ -90,7 +70,7 @@ public final class AddressLimiter: Sendable {
     /// `.max` and `rate` nil turn the limits off; with both off nothing is tracked.
     public func admit(_ ip: IPAddress, now: Int64, maxPerIP: Int, rate: ConnectionRate?) -> Admission {
         guard maxPerIP != .max || rate != nil else { return .admitted(handle: 0) }
-        let key = Key(ip)
+        let key = AddressKey(ip)
         return state.withLock { s -> Admission in
             let handle: UInt32
             if let h = s.index[key] {
@@ -153,12 +133,12 @@ public final class AddressLimiter: Sendable {
 
     /// Open connections counted for `ip`.
     public func connections(of ip: IPAddress) -> Int {
-        state.withLock { s in s.index[Key(ip)].map { Int(s.entries[Int($0)].connections) } ?? 0 }
+        state.withLock { s in s.index[AddressKey(ip)].map { Int(s.entries[Int($0)].connections) } ?? 0 }
     }
 
     // MARK: internals (called with the lock held)
 
-    private static func insert(_ s: inout State, _ key: Key) -> UInt32 {
+    private static func insert(_ s: inout State, _ key: AddressKey) -> UInt32 {
         let handle: UInt32
         if let h = s.free.popLast() {
             handle = h

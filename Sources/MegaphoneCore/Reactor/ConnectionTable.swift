@@ -12,12 +12,15 @@ public struct ConnectionSlot {
         public static let readable = Flags(rawValue: 1 << 1)
         /// The socket took everything we wrote; cleared on a short write until EPOLLOUT.
         public static let writable = Flags(rawValue: 1 << 2)
-        /// The client has shut its side; what it sent before is in `inbound`.
+        /// The client has shut its side (EPOLLRDHUP); what it sent before may still be in the kernel
+        /// or in `inbound`, and is delivered on get_data like any input.
         public static let peerClosed = Flags(rawValue: 1 << 3)
         /// Close requested: flushing `outbound`, then the fd closes.
         public static let closing = Flags(rawValue: 1 << 4)
         /// STARTTLS listener: the client's stream header has been answered.
         public static let headerAnswered = Flags(rawValue: 1 << 5)
+        /// Half-closed and drained: the owner has been told `tcp_closed`; only output flows now.
+        public static let eofNotified = Flags(rawValue: 1 << 6)
     }
 
     /// How far a connection is from being handed to its controller.

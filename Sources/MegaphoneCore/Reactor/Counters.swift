@@ -10,6 +10,8 @@ public enum CloseReason: Int, CaseIterable, Sendable {
     /// Limits at the edge: too many open connections from one address; connecting faster than
     /// `connection_rate_per_ip` allows; no complete stream header within `stream_header_timeout`.
     case maxConnectionsPerIP, connectionRate, streamHeaderTimeout
+    /// Announced with `megaphone_connect` and never asked for data within `announce_timeout`.
+    case announceTimeout
 
     /// The atom used in `stats` and logs.
     public var name: String {
@@ -30,6 +32,7 @@ public enum CloseReason: Int, CaseIterable, Sendable {
         case .maxConnectionsPerIP: "max_connections_per_ip"
         case .connectionRate: "connection_rate_per_ip"
         case .streamHeaderTimeout: "stream_header_timeout"
+        case .announceTimeout: "announce_timeout"
         }
     }
 }

@@ -29,11 +29,11 @@ public final class Reactor: @unchecked Sendable {
     private let counters: Counters
     private let limiter: HandshakeLimiter
     private let addresses: AddressLimiter
-    private let logger: Logger
+    let logger: Logger
 
-    private let epfd: CInt
-    private var table = ConnectionTable()
-    private var config: ReactorConfig?
+    let epfd: CInt
+    var table = ConnectionTable()
+    var config: ReactorConfig?
     private var listeners: [CInt: Listener] = [:]
     /// Listeners taken out of epoll after EMFILE with no reserve fd left, and when to put them back.
     private var pausedListeners: [(listener: Listener, until: Int64)] = []
@@ -42,9 +42,16 @@ public final class Reactor: @unchecked Sendable {
     private var reserveFD: CInt
     private var lastEMFILELog: Int64 = 0
     /// Per-thread read buffer; bytes stay in a connection only while they are pending.
-    private var scratch: UnsafeMutableRawBufferPointer
+    var scratch: UnsafeMutableRawBufferPointer
     private var nextSequence: UInt64 = 1
-    private var closing: [UInt64: Closing] = [:]
+    /// Connections on their way out: flushing before a close (`.closing` set), or half-closed by the
+    /// client and waiting for their owner's `close` (see `Reactor+HalfClose.swift`).
+    var closing: [UInt64: Closing] = [:]
+    /// Sockets closed as connections but not yet as fds (see `LingeringSockets`).
+    var lingering = LingeringSockets()
+    /// Connections announced with `megaphone_connect` and never asked for data yet, and when they are
+    /// given up on (`announce_timeout`; see `Reactor+AnnounceDeadline.swift`).
+    var announced: [UInt64: Int64] = [:]
     /// Connections not yet handed over (STARTTLS opening or TLS handshake): their deadline and the
     /// client IP whose handshake slot they hold.
     private var handshakes: [UInt64: (deadline: Int64, ip: IPAddress)] = [:]
@@ -52,7 +59,7 @@ public final class Reactor: @unchecked Sendable {
     /// `stream_header_timeout` is set): the deadline and the bytes so far (at most
     /// `StartTLSNegotiator.maxBytes`). An entry lives from the announcement to the header, normally a
     /// round trip.
-    private var headerWatch: [UInt64: (deadline: Int64, seen: [UInt8])] = [:]
+    var headerWatch: [UInt64: (deadline: Int64, seen: [UInt8])] = [:]
     private var outbox: [ReactorOutput] = []
     /// `send_data` bytes of the current command batch, by ConnId, and the order they came in.
     private var coalesced: [UInt64: [UInt8]] = [:]
@@ -66,7 +73,7 @@ public final class Reactor: @unchecked Sendable {
     private var running = true
     private let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: 256)
 
-    private struct Closing {
+    struct Closing {
         var deadline: Int64
         var reason: CloseReason
         var notify: Bool
@@ -116,12 +123,14 @@ public final class Reactor: @unchecked Sendable {
 
     /// epoll's 64-bit user data: kind (8 bits), generation (24 bits), fd (32 bits). The generation
     /// catches an event for an fd that was closed and reused within one epoll_wait batch.
-    private enum Token {
+    enum Token {
         static let wake: UInt64 = 0
         static func listener(_ fd: CInt) -> UInt64 { 1 << 56 | UInt64(UInt32(bitPattern: fd)) }
         static func connection(_ fd: CInt, _ generation: UInt32) -> UInt64 {
             2 << 56 | UInt64(generation & 0xFF_FFFF) << 32 | UInt64(UInt32(bitPattern: fd))
         }
+        /// A socket in its lingering close: no generation, its fd is ours until `lingering` closes it.
+        static func lingering(_ fd: CInt) -> UInt64 { 3 << 56 | UInt64(UInt32(bitPattern: fd)) }
         static func kind(_ data: UInt64) -> UInt64 { data >> 56 }
         static func fd(_ data: UInt64) -> CInt { CInt(bitPattern: UInt32(truncatingIfNeeded: data)) }
         static func generation(_ data: UInt64) -> UInt32 { UInt32(truncatingIfNeeded: data >> 32) & 0xFF_FFFF }
@@ -143,10 +152,11 @@ public final class Reactor: @unchecked Sendable {
     /// `runOnce(timeout: 0)` has work.
     public var pollFD: CInt { epfd }
 
-    /// Whether closing connections, paused listeners, handshakes or header watches need `runOnce` at
-    /// least every 250 ms.
+    /// Whether closing or lingering connections, paused listeners, handshakes, header watches or
+    /// announce deadlines need `runOnce` at least every 250 ms.
     public var needsTimer: Bool {
         !closing.isEmpty || !pausedListeners.isEmpty || !handshakes.isEmpty || !headerWatch.isEmpty
+            || !lingering.isEmpty || !announced.isEmpty
     }
 
     /// Whether commands wait that no eventfd announces (an inline reactor's).
@@ -175,6 +185,8 @@ public final class Reactor: @unchecked Sendable {
                 handleCommands()
             case 1:
                 if let listener = listeners[Token.fd(data)] { accept(from: listener) }
+            case 3:
+                lingering.drain(Token.fd(data), scratch: scratch)
             case _:
                 let fd = Token.fd(data)
                 guard table.contains(fd: fd), UInt32(table[fd].generation) == Token.generation(data) else { continue }
@@ -185,6 +197,8 @@ public final class Reactor: @unchecked Sendable {
         if shuttingDown && table.count == 0 {
             outbox.append(.drained(reactor: index))
             running = false
+            // Not waited for: their clients have had everything we had for them.
+            lingering.closeAll()
         }
         if !outbox.isEmpty {
             output.post(contentsOf: outbox)
@@ -192,13 +206,13 @@ public final class Reactor: @unchecked Sendable {
         }
     }
 
-    private func emit(to pid: PidRef, _ event: Event) {
+    func emit(to pid: PidRef, _ event: Event) {
         guard !pid.isNone else { return }
         outbox.append(.send(to: pid, event))
     }
 
     /// Where a connection's notifications go: its owner, else the controller.
-    private func recipient(of slot: ConnectionSlot) -> PidRef {
+    func recipient(of slot: ConnectionSlot) -> PidRef {
         slot.owner.isNone ? (config?.controller ?? .none) : slot.owner
     }
 
@@ -321,6 +335,7 @@ public final class Reactor: @unchecked Sendable {
             return
         }
         guard !table[fd].flags.contains(.closing) else { return }
+        if !announced.isEmpty { announced[connID] = nil }
         table[fd].owner = owner
         table[fd].flags.insert(.armed)
         serve(fd)
@@ -438,6 +453,7 @@ public final class Reactor: @unchecked Sendable {
         switch listener.bound.transport {
         case .tcp:
             watchHeader(id, now: now, config: config)
+            watchAnnouncement(id, now: now, config: config)
             emit(to: config.controller, .connected(connID: id, peer: peer, local: local, transport: .tcp))
         case .tls, .starttls:
             guard let context = config.tls else {
@@ -512,30 +528,31 @@ public final class Reactor: @unchecked Sendable {
             guard flush(fd) else { return }
         }
         if events & (Epoll.rdhup | Epoll.hup) != 0 && !table[fd].flags.contains(.peerClosed) {
-            readRemaining(fd)
-            return
+            // The client shut its side. What it sent before is read like any input: on get_data, a
+            // chunk at a time, within the distribution queue's limit; the EOF itself is read last.
+            table[fd].flags.formUnion([.peerClosed, .readable])
         }
-        if table[fd].flags.contains(.armed) { serve(fd) }
+        if table[fd].flags.contains(.armed) {
+            serve(fd)
+        } else if table[fd].flags.contains(.peerClosed) {
+            finishIfDrained(fd)
+        }
     }
 
     /// Delivers one chunk to the owner of an armed connection, from pending input first, else from
     /// the socket. Disarms once a chunk is sent.
-    private func serve(_ fd: CInt) {
+    func serve(_ fd: CInt) {
         guard let config else { return }
         let id = table[fd].connID
         if let inbound = table[fd].inbound, !inbound.isEmpty {
             let chunk = inbound.take(max: config.maxChunk)
             if inbound.isEmpty { table[fd].inbound = nil }
             deliver(fd, chunk)
-            if table[fd].inbound == nil && table[fd].flags.contains(.peerClosed) {
-                closeConnection(fd, reason: .clientClosed, notify: .closed(connID: id))
-            }
+            if table[fd].inbound == nil && table[fd].flags.contains(.peerClosed) { finishIfDrained(fd) }
             return
         }
-        if table[fd].flags.contains(.peerClosed) {
-            closeConnection(fd, reason: .clientClosed, notify: .closed(connID: id))
-            return
-        }
+        // Everything the client sent has been delivered, and the owner told.
+        guard !table[fd].flags.contains(.eofNotified) else { return }
         guard table[fd].flags.contains(.readable) else { return }
         guard distQueue.mayRead() else {
             starved.insert(id)
@@ -546,12 +563,16 @@ public final class Reactor: @unchecked Sendable {
         // from as many records as are there, so that a TLS client's bytes reach ejabberd in chunks as
         // large as a plain client's (bench/run-tls saw ~285-byte chunks, 4x the plain count).
         var filled = 0
+        var eof = false
         var ended: (CloseReason, Event)? = nil
         fill: while filled < buffer.count {
             switch readSome(fd, into: UnsafeMutableRawBufferPointer(rebasing: buffer[filled...])) {
             case .data(let n):
                 filled += n
                 guard table[fd].tls == nil else { continue fill }
+                // A half-closed client's socket stays readable until its EOF is read: read on, so that
+                // tcp_closed follows the last chunk at once.
+                if table[fd].flags.contains(.peerClosed) { continue fill }
                 // A short read emptied the socket. Edge-triggered epoll reports every later arrival,
                 // so the next get_data waits for EPOLLIN instead of spending a read() on EAGAIN.
                 if filled < buffer.count { table[fd].flags.remove(.readable) }
@@ -560,7 +581,7 @@ public final class Reactor: @unchecked Sendable {
                 table[fd].flags.remove(.readable)
                 break fill
             case .eof:
-                ended = (.clientClosed, .closed(connID: id))
+                eof = true
                 break fill
             case .failed(let reason, let closeReason):
                 ended = (closeReason, .error(connID: id, reason: reason))
@@ -570,11 +591,16 @@ public final class Reactor: @unchecked Sendable {
         if filled > 0 {
             counters.bytesIn.add(filled, ordering: .relaxed)
             deliver(fd, Array(UnsafeRawBufferPointer(rebasing: buffer[0..<filled])))
-            // The client is gone after these bytes: tcp_closed follows the last chunk at once, as for a
-            // hang-up with unread input.
-            if let (reason, event) = ended { closeConnection(fd, reason: reason, notify: event) }
+        }
+        // The client has sent everything: tcp_closed follows the last chunk at once. Our side stays
+        // open for what the owner sends back.
+        if eof {
+            clientFinished(fd)
         } else if let (reason, event) = ended {
             closeConnection(fd, reason: reason, notify: event)
+        } else if table[fd].flags.contains(.peerClosed) {
+            // A chunk that filled up just before the EOF: tcp_closed follows it all the same.
+            finishIfDrained(fd)
         }
     }
 
@@ -640,32 +666,6 @@ public final class Reactor: @unchecked Sendable {
         if !headerWatch.isEmpty { lookForHeader(table[fd].connID, in: chunk) }
         counters.chunksDelivered.add(1, ordering: .relaxed)
         emit(to: table[fd].owner, .data(connID: table[fd].connID, bytes: chunk))
-    }
-
-    /// The client shut its side. Keep what it sent before (the owner may still ask for it), then tell
-    /// the owner: at once if nothing is pending, after the last chunk otherwise.
-    private func readRemaining(_ fd: CInt) {
-        let id = table[fd].connID
-        readLoop: while true {
-            switch readSome(fd, into: scratch) {
-            case .eof, .wouldBlock:
-                break readLoop
-            case .data(let n):
-                counters.bytesIn.add(n, ordering: .relaxed)
-                if table[fd].inbound == nil { table[fd].inbound = ByteQueue() }
-                table[fd].inbound?.append(UnsafeRawBufferPointer(rebasing: scratch[0..<n]))
-            case .failed(let reason, let closeReason):
-                closeConnection(fd, reason: closeReason, notify: .error(connID: id, reason: reason))
-                return
-            }
-        }
-        table[fd].flags.insert(.peerClosed)
-        table[fd].flags.remove(.readable)
-        if table[fd].inbound == nil {
-            closeConnection(fd, reason: .clientClosed, notify: .closed(connID: id))
-        } else if table[fd].flags.contains(.armed) {
-            serve(fd)
-        }
     }
 
     /// Writes what the socket takes now and queues the rest. Past `send_queue_limit` the connection is
@@ -812,10 +812,16 @@ public final class Reactor: @unchecked Sendable {
         closing[id] = Closing(deadline: monotonicMillis() + timeout, reason: reason, notify: notify)
     }
 
-    private func closeConnection(_ fd: CInt, reason: CloseReason, notify event: Event?) {
+    func closeConnection(_ fd: CInt, reason: CloseReason, notify event: Event?) {
         guard let slot = table.remove(fd: fd) else { return }
         var reason = reason
         var event = event
+        // A client that half-closed ended its connection, whoever closes the rest of it; its owner
+        // has heard `tcp_closed` already and hears nothing more.
+        if slot.flags.contains(.eofNotified) {
+            event = nil
+            if [.requested, .flushTimeout, .shutdown, .nodeDown].contains(reason) { reason = .clientClosed }
+        }
         // A limit's close that ends early (the client hangs up or resets while its stream error is
         // flushed) still counts as that limit, and tells the owner nothing more than it was told.
         if let state = closing.removeValue(forKey: slot.connID),
@@ -824,6 +830,7 @@ public final class Reactor: @unchecked Sendable {
             if !state.notify { event = nil }
         }
         headerWatch[slot.connID] = nil
+        if !announced.isEmpty { announced[slot.connID] = nil }
         if let handshake = handshakes.removeValue(forKey: slot.connID) { limiter.release(handshake.ip) }
         addresses.release(slot.address, now: monotonicMillis(), rate: config?.connectionRate)
         if let ssl = slot.tls { TLSSession.close(ssl) }
@@ -831,8 +838,7 @@ public final class Reactor: @unchecked Sendable {
         counters.connections.subtract(1, ordering: .relaxed)
         load.subtract(1, ordering: .relaxed)
         counters.closed(reason)
-        // close() also takes the fd out of the epoll set: it was never dup'ed.
-        closeFD(fd)
+        retire(fd, reason: reason)
         logger.debug("Closed connection", metadata: ["connection.id": "\(slot.connID)", "reason": "\(reason.name)"])
         // Nobody has heard of a connection before its megaphone_connect: nobody to tell.
         if let event, slot.stage == .established { emit(to: recipient(of: slot), event) }
@@ -927,7 +933,9 @@ public final class Reactor: @unchecked Sendable {
             // OpenSSL may already hold application data that came with the handshake's last flight.
             table[fd].flags.formUnion([.readable, .writable])
             logger.debug("TLS handshake done", metadata: ["connection.id": "\(id)", "peer": "\(peer)"])
-            watchHeader(id, now: monotonicMillis(), config: config)
+            let now = monotonicMillis()
+            watchHeader(id, now: now, config: config)
+            watchAnnouncement(id, now: now, config: config)
             emit(to: config.controller, .connected(connID: id, peer: peer, local: local, transport: .tls))
         case .wantRead, .wantWrite:
             return
@@ -959,6 +967,8 @@ public final class Reactor: @unchecked Sendable {
             headerWatch[id] = nil
             headerTimedOut(fd)
         }
+        if !announced.isEmpty { sweepAnnouncements(now: now) }
+        if !lingering.isEmpty { lingering.sweep(now: now) }
         for (id, state) in closing where state.deadline <= now {
             if let fd = table.fd(of: id) {
                 // A close that was itself a refusal keeps its reason; a requested one ran out of time.

@@ -18,6 +18,8 @@ public struct ReactorConfig: Sendable {
     public var connectionRate: ConnectionRate?
     /// How long an announced connection may go without a complete stream header; nil: no limit.
     public var streamHeaderTimeoutMillis: Int64?
+    /// How long an announced connection may go without a get_data; nil: no limit.
+    public var announceTimeoutMillis: Int64?
 
     public init(controller: PidRef, options: StartOptions, tls: TLSContext? = nil) {
         self.controller = controller
@@ -30,6 +32,7 @@ public struct ReactorConfig: Sendable {
         maxConnectionsPerIP = options.maxConnectionsPerIP
         connectionRate = options.connectionRatePerIP
         streamHeaderTimeoutMillis = options.streamHeaderTimeoutMillis.map(Int64.init)
+        announceTimeoutMillis = options.announceTimeoutMillis.map(Int64.init)
         self.tls = tls
     }
 }

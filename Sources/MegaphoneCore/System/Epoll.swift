@@ -29,6 +29,10 @@ enum Epoll {
         try epoll_ctl(epfd: epfd, op: EPOLL_CTL_ADD, fd: fd, events: events, data: data)
     }
 
+    static func modify(epfd: CInt, fd: CInt, events: UInt32, data: UInt64) throws(SystemError) {
+        try epoll_ctl(epfd: epfd, op: EPOLL_CTL_MOD, fd: fd, events: events, data: data)
+    }
+
     static func delete(epfd: CInt, fd: CInt) {
         // Fails only when fd is not registered; the caller is removing it either way.
         try? epoll_ctl(epfd: epfd, op: EPOLL_CTL_DEL, fd: fd, events: 0, data: 0)

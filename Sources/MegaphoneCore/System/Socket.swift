@@ -144,6 +144,19 @@ enum Socket {
         try syscall("send") { Glibc.send(fd, bytes.baseAddress, bytes.count, CInt(MSG_NOSIGNAL)) }
     }
 
+    /// Looks at the receive queue without taking anything: `.processed(0)` when the client has shut
+    /// its side and everything it sent has been read (EOF), `.processed(1)` when bytes are unread,
+    /// `.wouldBlock` when the client may still send. What FIONREAD tells, plus whether the FIN came.
+    static func peek(_ fd: CInt) throws(SystemError) -> IOResult<Int> {
+        var byte: UInt8 = 0
+        return try syscall("recv") { Glibc.recv(fd, &byte, 1, CInt(MSG_PEEK) | CInt(MSG_DONTWAIT)) }
+    }
+
+    /// Sends FIN and keeps the read side open (`shutdown(SHUT_WR)`), for a lingering close.
+    static func shutdownWrite(_ fd: CInt) throws(SystemError) {
+        _ = try syscallBlocking("shutdown") { Glibc.shutdown(fd, CInt(SHUT_WR)) }
+    }
+
     /// The pending error of a socket that epoll reported with EPOLLERR.
     static func pendingError(_ fd: CInt) -> CInt {
         var err: CInt = 0

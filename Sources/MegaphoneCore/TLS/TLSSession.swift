@@ -33,6 +33,11 @@ enum TLSSession {
     }
 
     /// Sends close_notify if it can without blocking, then frees the session. The fd stays open.
+    /// Decrypted bytes OpenSSL holds that no `read` has taken yet.
+    static func pending(_ ssl: OpaquePointer) -> Int {
+        Int(SSL_pending(ssl))
+    }
+
     static func close(_ ssl: OpaquePointer) {
         ERR_clear_error()
         if SSL_is_init_finished(ssl) == 1 { _ = SSL_shutdown(ssl) }

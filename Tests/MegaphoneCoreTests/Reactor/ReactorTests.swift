@@ -18,7 +18,8 @@ final class ReactorHarness {
     static let controller = PidRef(node: 1, num: 10, serial: 0, creation: 1)
     static let owner = PidRef(node: 1, num: 20, serial: 0, creation: 1)
 
-    init(distQueue: DistQueue = DistQueue(limit: 64 << 20), _ configure: (inout StartOptions) -> Void = { _ in }) throws {
+    init(distQueue: DistQueue = DistQueue(limit: 64 << 20), flushTimeoutMillis: Int64? = nil,
+         _ configure: (inout StartOptions) -> Void = { _ in }) throws {
         output = try Mailbox()
         reactor = try Reactor(index: 3, output: output, counters: counters, distQueue: distQueue,
                               logger: Logger(label: "test"))
@@ -27,7 +28,9 @@ final class ReactorHarness {
         listener = try Listener(ListenerSpec(transport: .tcp, ip: .loopbackIPv4, port: 0))
         let reactor = self.reactor
         thread = try PThread.spawn(name: "test-reactor") { reactor.run() }
-        reactor.commands.post(.configure(ReactorConfig(controller: Self.controller, options: options)))
+        var config = ReactorConfig(controller: Self.controller, options: options)
+        if let flushTimeoutMillis { config.flushTimeoutMillis = flushTimeoutMillis }
+        reactor.commands.post(.configure(config))
         reactor.commands.post(.addListener(listener))
     }
 
