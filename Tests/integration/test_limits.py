@@ -265,10 +265,14 @@ def test_client_that_never_reads_is_closed_with_a_stream_error(lenv):
             # The owner (alice's c2s) hears send_queue_full at once and ends the session; the node
             # counts the close when the queue drains or the flush timeout (5 s) ends it.
             alice_user = alice_u[0].split("@")[0]
-            while lenv.ej.user_resources(alice_user) and sent < 4000:
-                for _ in range(50):
-                    bob.send_message(mto=alice.boundjid.full, mbody=big, mtype="chat")
-                sent += 50
+            # bob's own c2s passes ~1 MB/s (c2s_shaper), so the time the flood takes, not the number
+            # of messages, decides whether alice's queue overflows: flood until it does (at most 60 s).
+            deadline = time.monotonic() + 60
+            while lenv.ej.user_resources(alice_user) and time.monotonic() < deadline:
+                if sent < 8000:
+                    for _ in range(50):
+                        bob.send_message(mto=alice.boundjid.full, mbody=big, mtype="chat")
+                    sent += 50
                 await asyncio.sleep(0.05)
             assert not lenv.ej.user_resources(alice_user), "alice's session outlived the flood"
             # alice reads at last: what was queued, then the stream error, then the close
