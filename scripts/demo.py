@@ -55,6 +55,9 @@ def main() -> int:
                         help="Megaphone's STARTTLS port; the direct TLS port is the next one, the plain one the "
                              "one after (any free port where taken)")
     parser.add_argument("--name", default="megaphone", help="the Megaphone node's name")
+    parser.add_argument("--pa", action="store_true",
+                        help="load the beams from MEGAPHONE_EBIN through -pa in ejabberd's ERL_OPTIONS, as "
+                             "README.Debian does (scripts/test-package), instead of copying them to its run dir")
     args = parser.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="megaphone-run-"))
@@ -64,8 +67,9 @@ def main() -> int:
     starttls_port, tls_port, plain_port = (port_or_free(args.port + i) for i in range(3))
     # A throwaway CA and a certificate for localhost; a real deployment uses ejabberd's certfile.
     pki = make_test_pki(base / "pki")
+    beams = {"extra_beams": [], "erl_options": f"-pa {harness.MEGAPHONE_EBIN}"} if args.pa else {}
     ej = Ejabberd(base, {node: [("starttls", starttls_port), ("tls", tls_port), ("tcp", plain_port)]},
-                  cookie=cookie, connect_retry=1, megaphone_opts={"certfile": str(pki.server.bundle)})
+                  cookie=cookie, connect_retry=1, megaphone_opts={"certfile": str(pki.server.bundle)}, **beams)
     mp = MegaphoneNode(base / "nodes", cookie, ej.helper, name=args.name)
     try:
         print(f"==> starting Megaphone node {node} and ejabberd {ej.node} (run dir {base})")
@@ -93,6 +97,11 @@ Shell  : erl -sname sh@localhost -hidden -setcookie {cookie} -pa {harness.MEGAPH
         print("==> scripted check: alice through Megaphone over STARTTLS, bob on the native port")
         asyncio.run(asyncio.wait_for(check(starttls_port, ej.c2s_port, pki.ca), 60))
         print(f"  megaphone_status: {ej.ctl('megaphone_status').stdout.strip()}")
+        if args.pa:
+            beam = harness.MEGAPHONE_EBIN / "mod_megaphone.beam"
+            if ej.rpc(f'code:which(mod_megaphone) =:= "{beam}".') is not True:
+                raise harness.HarnessError(f"ejabberd did not load mod_megaphone from {beam}")
+            print(f"  ejabberd loaded mod_megaphone from {beam} (ERL_OPTIONS -pa)")
         if sys.stdin.isatty():
             print("\nRunning. Ctrl-C stops ejabberd and the Megaphone node.")
             try:
