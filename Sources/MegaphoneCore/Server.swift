@@ -58,7 +58,9 @@ public enum Server {
         let output = try Mailbox<ReactorOutput>(signalling: !inline)
         let limiter = HandshakeLimiter()
         let distQueue = DistQueue(limit: configuration.distQueueLimit)
-        let requests = DistQueue(limit: configuration.distQueueLimit)
+        // The distribution thread stops reading requests while the reactors are behind on these, and
+        // sleeps until they have taken the queue back under its limit.
+        let requests = DistQueue(limit: configuration.distQueueLimit, roomSignal: try EventFD())
         let addresses = AddressLimiter()
         var reactors: [Reactor] = []
         for index in 0..<configuration.threads {

@@ -40,12 +40,46 @@ limits_test_() ->
       instance("a client that floods while nobody reads is held back by TCP; RSS bounded",
                fun floods/1)]}.
 
+%% With a 64 KiB --dist-queue-limit the put_data/send_data bytes waiting for
+%% the reactors reach the limit again and again.
+request_budget_test_() ->
+    {setup, fun() -> megaphone_test_node:start(["--dist-queue-limit", "65536"]) end,
+     fun megaphone_test_node:cleanup/1,
+     megaphone_test_node:instance(
+       "send_data past the request budget: reads pause and resume at once, nothing lost",
+       fun request_budget/1, ?TEST_TIMEOUT)}.
+
 instance(Title, Test) ->
     megaphone_test_node:instance(Title, Test, ?TEST_TIMEOUT).
 
 %%====================================================================
 %% Test bodies
 %%====================================================================
+
+%% 32 MiB of send_data in 16 KiB pieces through a 64 KiB request budget: the
+%% distribution thread stops reading requests each time the reactors are
+%% behind, and must take up again as soon as they catch up (the reactor
+%% whose take makes room wakes it). A lost wake-up costs a second of the
+%% node's idle poll per pause, hundreds of seconds here; every byte must
+%% arrive, in order, well within the test's time.
+request_budget(#{node := Node}) ->
+    Port = start(Node, [{send_queue_limit, 64 * 1024 * 1024}]),
+    {Client, ConnId} = accept(Port),
+    Piece = binary:copy(<<"0123456789abcdef">>, 1024),
+    Pieces = 2048,
+    T0 = erlang:monotonic_time(millisecond),
+    Reader = self(),
+    spawn_link(fun() -> push(Node, ConnId, Piece, Pieces), Reader ! pushed end),
+    Got = read_exactly(Client, Pieces * byte_size(Piece), deadline(60000)),
+    Took = erlang:monotonic_time(millisecond) - T0,
+    receive pushed -> ok after ?WAIT -> erlang:error(push_not_done) end,
+    ?assertEqual(binary:copy(Piece, Pieces), Got),
+    #{request_reads_paused := Paused, request_queue_peak := Peak} = stats(Node),
+    io:format(user, "~n32 MiB through a 64 KiB request budget: ~b ms, reads paused ~b times, "
+              "peak ~b bytes~n", [Took, Paused, Peak]),
+    ?assert(Paused > 0),
+    ?assert(Took < 30000),
+    gen_tcp:close(Client).
 
 per_ip(#{node := Node}) ->
     Port = start(Node, [{max_connections_per_ip, 2}]),
@@ -223,6 +257,17 @@ recv_closed(ConnId) ->
         {tcp_closed, ConnId} = Msg -> Msg;
         {tcp_error, ConnId, _} = Msg -> Msg
     after ?WAIT -> erlang:error({not_closed, ConnId})
+    end.
+
+read_exactly(Client, Size, Deadline) ->
+    read_exactly(Client, Size, Deadline, []).
+
+read_exactly(_Client, 0, _Deadline, Acc) ->
+    iolist_to_binary(lists:reverse(Acc));
+read_exactly(Client, Left, Deadline, Acc) ->
+    case gen_tcp:recv(Client, 0, remaining(Deadline)) of
+        {ok, Data} -> read_exactly(Client, Left - byte_size(Data), Deadline, [Data | Acc]);
+        {error, Reason} -> erlang:error({read_failed, Reason, Left})
     end.
 
 read_until_closed(Client, Deadline) ->

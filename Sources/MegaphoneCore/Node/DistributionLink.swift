@@ -37,10 +37,6 @@ public final class DistributionLink {
         var held: [(end: UInt64, bytes: Int)] = []
     }
 
-    private struct WeakListener {
-        weak var listener: Listener?
-    }
-
     private struct Shutdown {
         var waiters: [(pid: PidRef, ref: [UInt8])]
         var drained: Set<Int>
@@ -71,7 +67,7 @@ public final class DistributionLink {
     private let refs: ConnectionRefs
     private var receiveBuffer = ei_x_buff()
     private var peers: [Peer] = []
-    private let signalFD: CInt
+    private let signals: SignalFD
     private let acceptor: DistributionAcceptor
     /// Output that may wait for one peer before it is dropped. Client data for it is held to
     /// `distQueue.limit` (plus a chunk per reactor) by the pause of client reads; the rest is replies
@@ -80,13 +76,7 @@ public final class DistributionLink {
 
     private var controller: PidRef? = nil
     private var options = StartOptions()
-    /// Open listeners by what `start` asked for, so a repeated `start` keeps them (and their port).
-    private var listeners: [ListenerSpec: Listener] = [:]
-    /// Listeners closed lately that a reactor may still hold, which keeps their socket bound (it
-    /// closes with the last reference). A `start` that asks for one again takes it back: binding a
-    /// second socket to its port would fail with EADDRINUSE until the reactors let go, as when the
-    /// controller's node reconnects and starts us again at once (seen in the fault run).
-    private var closing: [ListenerSpec: WeakListener] = [:]
+    private var listeners = ListenerSet()
     private var shutdown: Shutdown? = nil
     /// What the reactors run with since the last start (for a SIGHUP reload).
     private var reactorConfig: ReactorConfig? = nil
@@ -112,27 +102,17 @@ public final class DistributionLink {
         refs = ConnectionRefs(node: node.nodeName, creation: node.selfPid.creation)
         acceptor = try DistributionAcceptor(node: node, counters: counters, logger: logger)
         ei_x_new(&receiveBuffer)
-        signalFD = try Self.makeSignalFD()
+        signals = try SignalFD()
     }
 
     deinit {
         messageHeader.deallocate()
         ei_x_free(&receiveBuffer)
-        closeFD(signalFD)
     }
 
+    /// Blocks the signals the link reads from its signalfd. Call before any other thread starts.
     static func blockSignals() {
-        var set = sigset_t()
-        sigemptyset(&set)
-        for s in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&set, s) }
-        pthread_sigmask(SIG_BLOCK, &set, nil)
-    }
-
-    private static func makeSignalFD() throws(SystemError) -> CInt {
-        var set = sigset_t()
-        sigemptyset(&set)
-        for s in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&set, s) }
-        return try syscallBlocking("signalfd") { signalfd(-1, &set, CInt(SFD_NONBLOCK | SFD_CLOEXEC)) }
+        SignalFD.blockInCallingThread()
     }
 
     // MARK: loop
@@ -143,20 +123,22 @@ public final class DistributionLink {
                                                          "dist.interface": "\(node.interface)"])
         while running {
             let accepting = shutdown == nil && acceptor.isAccepting
+            // Reactor threads behind on put_data/send_data bytes: read no request until they catch
+            // up, so TCP holds ejabberd back (its distribution queue to us fills and busy_dist_port
+            // suspends the senders) instead of the reactors' mailboxes growing. The reactor whose take
+            // brings the bytes under the limit signals `requests.roomSignal`, which wakes this poll.
+            let throttled = requests.queuedBytes >= requests.limit
+            if throttled { requests.pausedReads.add(1, ordering: .relaxed) }
             var fds = [
                 pollfd(fd: output.wakeup.fd, events: Int16(POLLIN), revents: 0),
-                pollfd(fd: signalFD, events: Int16(POLLIN), revents: 0),
+                pollfd(fd: signals.fd, events: Int16(POLLIN), revents: 0),
                 // A negative fd is ignored by poll(): not accepting (shutting down, or paused after EMFILE).
                 pollfd(fd: accepting ? node.listenFD : -1, events: Int16(POLLIN), revents: 0),
                 pollfd(fd: acceptor.results.wakeup.fd, events: Int16(POLLIN), revents: 0),
+                pollfd(fd: requests.roomSignal?.fd ?? -1, events: Int16(POLLIN), revents: 0),
             ]
             if let inline { fds.append(pollfd(fd: inline.pollFD, events: Int16(POLLIN), revents: 0)) }
             let firstPeer = fds.count
-            // Reactor threads behind on put_data/send_data bytes: read no request until they catch
-            // up, so TCP holds ejabberd back (its distribution queue to us fills and busy_dist_port
-            // suspends the senders) instead of the reactors' mailboxes growing. Checked every 5 ms.
-            let throttled = requests.queuedBytes >= requests.limit
-            if throttled { requests.pausedReads.add(1, ordering: .relaxed) }
             fds += peers.map { peer in
                 let input = throttled ? 0 : Int16(POLLIN)
                 let output = CEI_pending_output(peer.fd) > 0 ? Int16(POLLOUT) : 0
@@ -165,12 +147,13 @@ public final class DistributionLink {
             // A whole message already in user space is invisible to poll(): don't sleep on it.
             let buffered = !throttled && peers.contains { CEI_input_ready($0.fd) != 0 }
             let inlineBusy = inline.map { $0.hasUnsignalledCommands } ?? false
-            let timeout: CInt = buffered || inlineBusy ? 0 : throttled ? 5 : inline?.needsTimer == true ? 250 : 1_000
+            let timeout: CInt = buffered || inlineBusy ? 0 : inline?.needsTimer == true ? 250 : 1_000
             let n = poll(&fds, nfds_t(fds.count), timeout)
             if n > 0 {
                 if fds[1].revents != 0 { handleSignals() }
                 if fds[0].revents != 0 { handleReactorOutput() }
                 if fds[3].revents != 0 { adoptHandshakes() }
+                if fds[4].revents != 0 { requests.roomSignal?.drain() }
                 if fds[2].revents != 0 && shutdown == nil { acceptor.acceptReady() }
                 let readable = Int16(POLLIN) | Int16(POLLHUP) | Int16(POLLERR)
                 for p in fds[firstPeer...] where p.revents & readable != 0 && !throttled { receive(from: p.fd) }
@@ -196,9 +179,7 @@ public final class DistributionLink {
     }
 
     private func handleSignals() {
-        var info = signalfd_siginfo()
-        while read(signalFD, &info, MemoryLayout<signalfd_siginfo>.size) == MemoryLayout<signalfd_siginfo>.size {
-            let signal = CInt(info.ssi_signo)
+        for signal in signals.take() {
             if signal == SIGHUP {
                 reloadCertificate()
                 continue
@@ -485,118 +466,59 @@ public final class DistributionLink {
         } else if options.listeners.contains(where: { $0.transport != .tcp }) {
             return send(to: from, .requestError(tag: .ref(ref), reason: .badopt("certfile")))
         }
-        var next: [ListenerSpec: Listener] = [:]
-        var opened: [Listener] = []
-        closing = closing.filter { $0.value.listener != nil }
-        for spec in options.listeners where next[spec] == nil {
-            if let existing = listeners[spec] {
-                next[spec] = existing
-                continue
-            }
-            if let closed = closing[spec]?.listener {
-                // Each reactor's commands run in order: its removeListener, then this addListener.
-                next[spec] = closed
-                opened.append(closed)
-                continue
-            }
-            do {
-                let listener = try Listener(spec)
-                next[spec] = listener
-                opened.append(listener)
-            } catch {
-                logger.warning("Cannot listen", metadata: ["listener": "\(spec)", "error": "\(error)"])
-                return send(to: from, .requestError(tag: .ref(ref), reason: .listenFailed(spec, errno: error.erlangName)))
-            }
+        let change: ListenerSet.Change
+        do {
+            change = try listeners.replace(with: options.listeners)
+        } catch {
+            logger.warning("Cannot listen", metadata: ["listener": "\(error.spec)", "error": "\(error.error)"])
+            return send(to: from, .requestError(tag: .ref(ref), reason: .listenFailed(error.spec, errno: error.error.erlangName)))
         }
         let controller = options.controller ?? from
         let config = ReactorConfig(controller: controller, options: options, tls: tls)
-        let removed = listeners.filter { next[$0.key] == nil }
-        for (spec, listener) in removed { closing[spec] = WeakListener(listener: listener) }
         for reactor in reactors {
             reactor.commands.post(.configure(config))
-            for listener in removed.values { reactor.commands.post(.removeListener(listener)) }
-            for listener in opened { reactor.commands.post(.addListener(listener)) }
+            for listener in change.removed { reactor.commands.post(.removeListener(listener)) }
+            for listener in change.added { reactor.commands.post(.addListener(listener)) }
         }
-        listeners = next
         self.options = options
         self.controller = controller
         reactorConfig = config
-        let bound = options.listeners.compactMap { next[$0]?.bound }
-        logger.info("Started", metadata: ["listeners": "\(bound.map(\.description))", "controller.node": "\(names.name(of: controller.node) ?? "?")"])
+        let info = StartInfo(node: node.nodeName, listeners: listeners.bound(options.listeners), options: options,
+                             controller: controller, controllerNode: names.name(of: controller.node))
+        logger.info("Started", metadata: ["listeners": "\(info.listeners.map(\.description))",
+                                          "controller.node": "\(info.controllerNode ?? "?")"])
         send(to: from) { e in
             e.tuple(3)
             e.atom("megaphone_started")
             e.raw(ref)
-            self.encodeInfo(e, listeners: bound)
+            info.encode(into: e)
         }
     }
 
     private func closeListeners() {
-        for (spec, listener) in listeners {
+        for listener in listeners.closeAll() {
             for reactor in reactors { reactor.commands.post(.removeListener(listener)) }
-            closing[spec] = WeakListener(listener: listener)
         }
-        listeners = [:]
-    }
-
-    private func encodeInfo(_ e: TermEncoder, listeners bound: [ListenerSpec]) {
-        e.map(7)
-        e.atom("node")
-        e.atom(node.nodeName)
-        e.atom("listeners")
-        encodeListeners(e, bound)
-        e.atom("max_connections")
-        if options.maxConnections == .max { e.atom("infinity") } else { e.int(options.maxConnections) }
-        e.atom("max_chunk")
-        e.int(options.maxChunk)
-        e.atom("send_queue_limit")
-        e.int(options.sendQueueLimit)
-        e.atom("input_buffer_limit")
-        e.int(options.inputBufferLimit)
-        e.atom("controller")
-        if let controller, let name = names.name(of: controller.node) {
-            e.pid(node: name, num: controller.num, serial: controller.serial, creation: controller.creation)
-        } else {
-            e.atom("undefined")
-        }
-    }
-
-    private func encodeListeners(_ e: TermEncoder, _ specs: [ListenerSpec]) {
-        e.list(specs.count)
-        for spec in specs { spec.encode(into: e) }
-        e.emptyList()
     }
 
     /// `{Tag, Ref, #{...}}` with the counters.
     private func sendStats(to pid: PidRef, tag: String, ref: [UInt8]) {
-        let bound = options.listeners.compactMap { listeners[$0]?.bound }
+        let stats = StatsReport(
+            node: node.nodeName, listeners: listeners.bound(options.listeners),
+            values: counters.snapshot() + [
+                ("dist_queue_bytes", distQueue.queuedBytes),
+                ("dist_queue_peak", distQueue.peakBytes),
+                ("reads_paused", distQueue.pausedReadCount),
+                ("request_queue_bytes", requests.queuedBytes),
+                ("request_queue_peak", requests.peakBytes),
+                ("request_reads_paused", requests.pausedReadCount),
+            ],
+            closed: CloseReason.allCases.map { ($0.name, counters.closedCount($0)) })
         send(to: pid) { e in
             e.tuple(3)
             e.atom(tag)
             e.raw(ref)
-            let values = self.counters.snapshot() + [
-                ("dist_queue_bytes", self.distQueue.queuedBytes),
-                ("dist_queue_peak", self.distQueue.peakBytes),
-                ("reads_paused", self.distQueue.pausedReadCount),
-                ("request_queue_bytes", self.requests.queuedBytes),
-                ("request_queue_peak", self.requests.peakBytes),
-                ("request_reads_paused", self.requests.pausedReadCount),
-            ]
-            e.map(values.count + 3)
-            e.atom("node")
-            e.atom(self.node.nodeName)
-            for (key, value) in values {
-                e.atom(key)
-                e.int(value)
-            }
-            e.atom("closed")
-            e.map(CloseReason.allCases.count)
-            for reason in CloseReason.allCases {
-                e.atom(reason.name)
-                e.int(self.counters.closedCount(reason))
-            }
-            e.atom("listeners")
-            self.encodeListeners(e, bound)
+            stats.encode(into: e)
         }
     }
 

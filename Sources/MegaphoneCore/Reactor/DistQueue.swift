@@ -15,10 +15,20 @@ public final class DistQueue: Sendable {
     private let starving = Atomic<Bool>(false)
     /// How many times a reactor left an armed socket unread because the queue was full.
     let pausedReads = Atomic<Int>(0)
+    /// Signalled by `taken` when it brings the bytes back under `limit`, for a side that stopped
+    /// adding while the queue was full and sleeps in poll() meanwhile (the distribution thread, for
+    /// the put_data/send_data bytes it posts to the reactors). Nil where nobody sleeps on it.
+    let roomSignal: EventFD?
 
-    public init(limit: Int) {
+    /// `roomSignal`: for a producer that waits in poll() while the queue is full.
+    init(limit: Int, roomSignal: EventFD? = nil) {
         precondition(limit > 0, "the queue limit must be positive")
         self.limit = limit
+        self.roomSignal = roomSignal
+    }
+
+    public convenience init(limit: Int) {
+        self.init(limit: limit, roomSignal: nil)
     }
 
     public var queuedBytes: Int { bytes.load(ordering: .relaxed) }
@@ -37,9 +47,13 @@ public final class DistQueue: Sendable {
         }
     }
 
-    /// Distribution thread: a chunk of `n` bytes left (sent, or dropped with its node).
+    /// The consumer: `n` bytes left (a chunk sent or dropped with its node by the distribution thread; a
+    /// put_data or send_data carried out by a reactor).
     func taken(_ n: Int) {
-        bytes.subtract(n, ordering: .relaxed)
+        let now = bytes.subtract(n, ordering: .sequentiallyConsistent).newValue
+        // Only the take that crosses the limit signals: a producer that saw the queue full cannot
+        // miss it (the crossing comes after what it saw), and the hot path costs no write otherwise.
+        if let roomSignal, now < limit, now + n >= limit { roomSignal.signal() }
     }
 
     /// Reactor, before reading a client socket. `starving` is set before the second look, so the

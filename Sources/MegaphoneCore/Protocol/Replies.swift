@@ -1,0 +1,71 @@
+/// The `Info` map of `{megaphone_started, Ref, Info}`: what a `start` opened and runs with.
+struct StartInfo {
+    var node: String
+    /// What is bound, in the order `start` named them (the real ports of port-0 listeners).
+    var listeners: [ListenerSpec]
+    var options: StartOptions
+    var controller: PidRef
+    /// The controller's node name; nil when it is not known (the map then says `undefined`).
+    var controllerNode: String?
+
+    /// `#{node, listeners, max_connections, max_chunk, send_queue_limit, input_buffer_limit, controller}`.
+    func encode(into e: TermEncoder) {
+        e.map(7)
+        e.atom("node")
+        e.atom(node)
+        e.atom("listeners")
+        listeners.encode(into: e)
+        e.atom("max_connections")
+        if options.maxConnections == .max { e.atom("infinity") } else { e.int(options.maxConnections) }
+        e.atom("max_chunk")
+        e.int(options.maxChunk)
+        e.atom("send_queue_limit")
+        e.int(options.sendQueueLimit)
+        e.atom("input_buffer_limit")
+        e.int(options.inputBufferLimit)
+        e.atom("controller")
+        if let controllerNode {
+            e.pid(node: controllerNode, num: controller.num, serial: controller.serial, creation: controller.creation)
+        } else {
+            e.atom("undefined")
+        }
+    }
+}
+
+/// The map of `{megaphone_stats, Ref, Map}` and `{megaphone_stopped, Ref, Map}`: the node's counters,
+/// its closes by reason and its listeners.
+struct StatsReport {
+    var node: String
+    var listeners: [ListenerSpec]
+    /// Counters and gauges by name, in the order they are encoded.
+    var values: [(String, Int)]
+    /// `closed => #{Reason => N}`.
+    var closed: [(String, Int)]
+
+    func encode(into e: TermEncoder) {
+        e.map(values.count + 3)
+        e.atom("node")
+        e.atom(node)
+        for (key, value) in values {
+            e.atom(key)
+            e.int(value)
+        }
+        e.atom("closed")
+        e.map(closed.count)
+        for (reason, count) in closed {
+            e.atom(reason)
+            e.int(count)
+        }
+        e.atom("listeners")
+        listeners.encode(into: e)
+    }
+}
+
+extension Array where Element == ListenerSpec {
+    /// `[{Transport, IP, Port}]`.
+    func encode(into e: TermEncoder) {
+        e.list(count)
+        for spec in self { spec.encode(into: e) }
+        e.emptyList()
+    }
+}
