@@ -15,10 +15,12 @@
 
 %% API.
 -export([status/0]).
+-export([sessions/0]).
 -export([commands/0]).
 
-%% ejabberdctl command.
+%% ejabberdctl commands.
 -export([megaphone_status/0]).
+-export([megaphone_sessions/1]).
 
 -export_type([node_status/0]).
 -export_type([node_info/0]).
@@ -48,9 +50,6 @@
 %% when mod_megaphone is not running.
 -spec status() -> [node_info()].
 status() ->
-    Nodes = try gen_server:call(mod_megaphone, nodes, 5000)
-            catch exit:{noproc, _} -> []
-            end,
     [begin
          Stats = case Status of
                      started ->
@@ -66,7 +65,14 @@ status() ->
            bytes_out => maps:get(bytes_out, Stats, undefined),
            refused => refused(Stats),
            closed => maps:get(closed, Stats, #{})}
-     end || {Name, Status, Sessions} <- Nodes].
+     end || {Name, Status, Sessions} <- nodes()].
+
+%% The sessions each configured Megaphone node carries on this ejabberd node
+%% (live c2s processes, including those waiting for XEP-0198 resumption),
+%% from the gen_server alone: cheap enough for a metrics hook to poll.
+-spec sessions() -> #{node() => non_neg_integer()}.
+sessions() ->
+    maps:from_list([{Name, Sessions} || {Name, _Status, Sessions} <- nodes()]).
 
 %% The ejabberdctl commands, registered by mod_megaphone while it runs.
 -spec commands() -> [ejabberd_commands()].
@@ -89,7 +95,20 @@ commands() ->
         result = {nodes, {list, {node, {tuple, [{name, string}, {state, atom},
                                                {sessions, integer}, {connections, integer},
                                                {bytes_in, integer}, {bytes_out, integer},
-                                               {refused, integer}, {refusals, string}]}}}}}].
+                                               {refused, integer}, {refusals, string}]}}}}},
+     #ejabberd_commands{
+        name = megaphone_sessions, tags = [server, statistics],
+        desc = "Sessions one Megaphone node carries on this node",
+        longdesc = "The number of c2s sessions started through the Megaphone node NODE "
+                   "(including sessions waiting for stream resumption); 0 for a node that "
+                   "is not configured. For monitoring scripts, like connected_users_number.",
+        module = ?MODULE, function = megaphone_sessions,
+        args = [{node, binary}],
+        args_example = [<<"megaphone@localhost">>],
+        args_desc = ["Megaphone node name"],
+        result_desc = "Number of sessions",
+        result_example = 2,
+        result = {sessions, integer}}].
 
 %%====================================================================
 %% ejabberdctl command
@@ -106,9 +125,24 @@ megaphone_status() ->
      || #{node := Node, status := Status, sessions := Sessions, connections := Conns,
           bytes_in := In, bytes_out := Out, refused := Refused, closed := Closed} <- status()].
 
+%% `ejabberdctl megaphone_sessions NODE'.
+-spec megaphone_sessions(binary()) -> non_neg_integer().
+megaphone_sessions(Node) ->
+    Sessions = sessions(),
+    case [N || {Name, N} <- maps:to_list(Sessions), atom_to_binary(Name, utf8) =:= Node] of
+        [N] -> N;
+        [] -> 0
+    end.
+
 %%====================================================================
 %% Internal functions
 %%====================================================================
+
+%% {Name, Status, Sessions} of each configured node; none without mod_megaphone.
+nodes() ->
+    try gen_server:call(mod_megaphone, nodes, 5000)
+    catch exit:{noproc, _} -> []
+    end.
 
 refused(#{closed := Closed}) ->
     lists:sum([maps:get(R, Closed, 0) || R <- ?REFUSALS]);

@@ -359,6 +359,12 @@ def test_megaphone_status_command(env):
             assert int(sessions_b) == len(env.megaphone_c2s(env.b)) >= 1, rows
             stats_a = env.a.stats()
             assert 0 < int(in_a) <= stats_a["bytes_in"] and 0 < int(out_a) <= stats_a["bytes_out"], (rows, stats_a)
+            # per node, for monitoring scripts
+            for node, sessions in ((env.a, sessions_a), (env.b, sessions_b)):
+                got = (await asyncio.to_thread(env.ej.ctl, "megaphone_sessions", node.node)).stdout.strip()
+                assert got == sessions, (node.node, got, rows)
+            unknown = await asyncio.to_thread(env.ej.ctl, "megaphone_sessions", "nobody@nowhere")
+            assert unknown.stdout.strip() == "0"
     run(body())
 
 
