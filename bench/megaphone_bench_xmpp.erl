@@ -1,5 +1,5 @@
 %%% bench/xmpp's measuring side: runs in the driver's controller node (a
-%%% hidden node the Python driver talks to, see Tests/integration/harness.py
+%%% hidden node the Python driver talks to, see Tests/integration/harness/erl_helper.py
 %%% ErlHelper) and drives the load clients (megaphone_bench_load pools) in the
 %%% client nodes. Each exported function is one measurement; it returns a
 %%% map the driver turns into the report. Every failure throws (fail/2) with
