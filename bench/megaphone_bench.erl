@@ -13,13 +13,14 @@
 -module(megaphone_bench).
 
 -export([main/1]).
--export([report_and_halt/1]).
-%% Helpers shared with megaphone_bench_tls (bench/run-tls).
--export([fail/2, progress/2, connect_node/2, mp_call/4, rpc/4, stop_node/1,
-         wait_until/3, flush_mailbox/0, deadline/1, remaining/1, expired/1,
-         proc_status/1, rss/1, cpu_ticks/1, thread_ticks/1, all_proc_ticks/0, other_cpu/5,
-         system_cpu/0, slab_kb/0, timed/1, delta/2, others/1, thread_label/1,
-         range/2, mean/1, ratio/2, int/1, f0/1, f1/1, f2/1]).
+
+-import(megaphone_bench_lib, [report_and_halt/1, fail/2, progress/2, connect_node/2, rpc/4, stop_node/1,
+                              mp_call/4, mp_stats/1, mp_connections/1, mp_shutdown/1,
+                              receive_connects/3, reactors/1, reactor_spread/2, wait_until/3,
+                              flush_mailbox/0, interleave/2, timed/1, delta/2, sum_counters/2,
+                              proc_status/1, rss/1, cpu_ticks/1, thread_ticks/1, other_cpu/5,
+                              slab_kb/0, others/1, thread_label/1, range/2, mean/1, ratio/2,
+                              int/1, f0/1, f1/1, f2/1]).
 
 -define(MB, 1000000).
 
@@ -29,24 +30,6 @@
 
 main(Args) ->
     report_and_halt(fun() -> run(parse_args(Args)) end).
-
-%% Prints the report Fun() returns and halts with status 0; or prints why it
-%% failed and halts with 1. Shared with megaphone_bench_tls.
--spec report_and_halt(fun(() -> iodata())) -> no_return().
-report_and_halt(Fun) ->
-    Status =
-        try
-            io:put_chars(Fun()),
-            0
-        catch
-            throw:{bench_error, Msg} ->
-                io:format(standard_error, "BENCH FAILED: ~s~n", [Msg]),
-                1;
-            Class:Reason:Stack ->
-                io:format(standard_error, "BENCH FAILED: ~p:~p~n~p~n", [Class, Reason, Stack]),
-                1
-        end,
-    halt(Status).
 
 parse_args(Args) ->
     Defaults = #{idle => 15000, conns => 32, secs => 5, warmup => 1, reps => 2,
@@ -67,16 +50,6 @@ parse_arg(Arg, O) ->
         _ -> fail("bad argument ~s", [Arg])
     end.
 
-fail(Fmt, Args) ->
-    throw({bench_error, lists:flatten(io_lib:format(Fmt, Args))}).
-
-progress(Fmt, Args) ->
-    io:format(standard_error, "[bench ~s] " ++ Fmt ++ "~n", [clock() | Args]).
-
-clock() ->
-    {_, {H, M, S}} = calendar:local_time(),
-    io_lib:format("~2..0B:~2..0B:~2..0B", [H, M, S]).
-
 %%====================================================================
 %% The run
 %%====================================================================
@@ -91,9 +64,7 @@ run(O = #{mp := MP, mp_pid := MpPid, only := Only}) ->
     Info = mp_start(MP, ListenSpec, 65536),
     Port = mp_port(Info),
     progress("megaphone listening on 127.0.0.1:~b; start reply: ~0p", [Port, Info]),
-    Reactors = length([N || {N, _} <- thread_ticks(MpPid), lists:prefix("reactor-", N)]),
-    put(reactors, Reactors),
-    O1 = O#{port => Port, listen => ListenSpec},
+    O1 = O#{port => Port, listen => ListenSpec, reactors => reactors(MpPid)},
     Mem = case Only of
               tput -> [];
               _ -> memory_section(O1)
@@ -102,38 +73,13 @@ run(O = #{mp := MP, mp_pid := MpPid, only := Only}) ->
                mem -> [];
                _ -> throughput_section(O1)
            end,
-    Final = mp_call(MP, fun(Ref) -> {shutdown, self(), Ref} end, megaphone_stopped, 30000),
+    Final = mp_shutdown(MP),
     progress("megaphone stopped; final stats: ~0p", [Final]),
     report(O1, Mem, Tput, Final).
 
 %%====================================================================
 %% Talking to the Swift node
 %%====================================================================
-
-connect_node(Node, Timeout) ->
-    Deadline = deadline(Timeout),
-    connect_node_loop(Node, Deadline).
-
-connect_node_loop(Node, Deadline) ->
-    case net_kernel:connect_node(Node) of
-        true ->
-            ok;
-        _ ->
-            case expired(Deadline) of
-                true -> fail("cannot connect to node ~s", [Node]);
-                false -> timer:sleep(100), connect_node_loop(Node, Deadline)
-            end
-    end.
-
-mp_call(MP, MakeMsg, ReplyTag, Timeout) ->
-    Ref = make_ref(),
-    {megaphone, MP} ! MakeMsg(Ref),
-    receive
-        {ReplyTag, Ref, Reply} -> Reply;
-        {megaphone_error, Ref, Reason} -> fail("megaphone answered ~p with error ~p", [ReplyTag, Reason])
-    after Timeout ->
-        fail("no ~p reply from ~s within ~b ms", [ReplyTag, MP, Timeout])
-    end.
 
 mp_start(MP, ListenSpec, MaxChunk) ->
     Opts = [{listen, ListenSpec}, {max_chunk, MaxChunk}, {send_queue_limit, 1 bsl 20}],
@@ -142,18 +88,12 @@ mp_start(MP, ListenSpec, MaxChunk) ->
 mp_port(#{listeners := [{tcp, _IP, Port}]}) -> Port;
 mp_port(Info) -> fail("unexpected start reply ~p", [Info]).
 
-mp_stats(MP) ->
-    mp_call(MP, fun(Ref) -> {stats, self(), Ref} end, megaphone_stats, 10000).
-
-mp_connections(MP) ->
-    #{connections := N} = mp_stats(MP),
-    N.
-
 %%====================================================================
 %% a) memory per idle connection
 %%====================================================================
 
-memory_section(O = #{mp := MP, mp_pid := MpPid, port := Port, idle := N, refs := Refs}) ->
+memory_section(O = #{mp := MP, mp_pid := MpPid, port := Port, idle := N, refs := Refs,
+                     reactors := Reactors}) ->
     progress("memory: megaphone, ~b idle connections", [N]),
     wait_until(fun() -> mp_connections(MP) =:= 0 end, 30000, "megaphone connections = 0"),
     flush_mailbox(),
@@ -164,7 +104,7 @@ memory_section(O = #{mp := MP, mp_pid := MpPid, port := Port, idle := N, refs :=
     Holder = open_clients(Port, N),
     wait_until(fun() -> mp_connections(MP) >= N end, 120000,
                io_lib:format("megaphone connections = ~b", [N])),
-    Connects = receive_connects(N, 30000),
+    Connects = receive_connects(N, 30000, tcp),
     T1 = erlang:monotonic_time(millisecond),
     After = proc_status(MpPid),
     Slab1 = slab_kb(),
@@ -179,7 +119,7 @@ memory_section(O = #{mp := MP, mp_pid := MpPid, port := Port, idle := N, refs :=
     flush_mailbox(),
     MpRes = #{name => "Megaphone (Swift node)", before => Before, 'after' => After,
               closed => Closed, secs => (T1 - T0) / 1000, slab => Slab1 - Slab0,
-              stats => Stats, spread => reactor_spread(Connects)},
+              stats => Stats, spread => reactor_spread(Connects, Reactors)},
     RefRes = [memory_ref(O, Ref, Mode) || {Ref, Mode} <- lists:zip(Refs, lists:sublist([process, held], length(Refs)))],
     [MpRes | RefRes].
 
@@ -222,21 +162,6 @@ memory_ref(#{idle := N}, RefNode, Mode) ->
     #{name => Name, before => Before, 'after' => After, closed => Closed,
       secs => (T1 - T0) / 1000, slab => Slab1 - Slab0, mem0 => Mem0, mem1 => Mem1}.
 
-stop_node(Node) ->
-    erlang:monitor_node(Node, true),
-    rpc:cast(Node, init, stop, []),
-    receive
-        {nodedown, Node} -> ok
-    after 30000 ->
-        progress("~s did not stop within 30 s", [Node])
-    end.
-
-rpc(Node, M, F, A) ->
-    case rpc:call(Node, M, F, A, 60000) of
-        {badrpc, Reason} -> fail("rpc ~s ~p:~p failed: ~p", [Node, M, F, Reason]);
-        R -> R
-    end.
-
 %% A process that opens N client sockets to 127.0.0.1:Port and holds them
 %% until close_clients/1. linger 0: closing sends RST, so no TIME_WAIT piles up.
 open_clients(Port, N) ->
@@ -271,19 +196,6 @@ close_clients({Pid, _}) ->
     Pid ! close,
     receive {'DOWN', MRef, _, _, _} -> ok end.
 
-receive_connects(N, Timeout) ->
-    receive_connects(N, deadline(Timeout), []).
-
-receive_connects(0, _Deadline, Acc) ->
-    lists:reverse(Acc);
-receive_connects(N, Deadline, Acc) ->
-    receive
-        {megaphone_connect, _NodePid, ConnId, _Peer, _Local, tcp} ->
-            receive_connects(N - 1, Deadline, [ConnId | Acc])
-    after remaining(Deadline) ->
-        lists:reverse(Acc)
-    end.
-
 %%====================================================================
 %% b) chunk throughput
 %%====================================================================
@@ -291,12 +203,7 @@ receive_connects(N, Deadline, Acc) ->
 throughput_section(O = #{reps := Reps, chunks := Chunks}) ->
     lists:append(
       [begin
-           %% Interleave, and alternate which side goes first.
-           Order = case Rep rem 2 of
-                       1 -> [megaphone, native];
-                       0 -> [native, megaphone]
-                   end,
-           [tput_run(O, Kind, Chunk, Rep) || Kind <- Order]
+           [tput_run(O, Kind, Chunk, Rep) || Kind <- interleave(Rep, [megaphone, native])]
        end || Rep <- lists:seq(1, Reps), Chunk <- Chunks]).
 
 tput_run(O = #{conns := C, secs := Secs}, Kind, Chunk, Rep) ->
@@ -310,7 +217,8 @@ tput_run(O = #{conns := C, secs := Secs}, Kind, Chunk, Rep) ->
               f0(maps:get(swift_cpu, R)), f0(maps:get(bench_cpu, R)), others(maps:get(others, R))]),
     R#{kind => Kind, chunk => Chunk, rep => Rep}.
 
-tput_megaphone(O = #{mp := MP, mp_pid := MpPid, listen := ListenSpec, port := Port, conns := C}, Chunk) ->
+tput_megaphone(O = #{mp := MP, mp_pid := MpPid, listen := ListenSpec, port := Port, conns := C,
+                     reactors := Reactors}, Chunk) ->
     wait_until(fun() -> mp_connections(MP) =:= 0 end, 30000, "megaphone connections = 0"),
     Info = mp_start(MP, ListenSpec, Chunk),
     case mp_port(Info) of
@@ -320,11 +228,11 @@ tput_megaphone(O = #{mp := MP, mp_pid := MpPid, listen := ListenSpec, port := Po
     flush_mailbox(),
     Ctr = counters:new(2 * C, [write_concurrency]),
     Socks = [connect_one(Port) || _ <- lists:seq(1, C)],
-    ConnIds = receive_connects(C, 10000),
+    ConnIds = receive_connects(C, 10000, tcp),
     length(ConnIds) =:= C orelse fail("got ~b megaphone_connect messages, expected ~b",
                                       [length(ConnIds), C]),
     Dest = {megaphone, MP},
-    Spread = reactor_spread(ConnIds),
+    Spread = reactor_spread(ConnIds, Reactors),
     Readers = [spawn(fun() -> mp_reader(Dest, Id, Ctr, 2 * I - 1, Chunk) end)
                || {I, Id} <- lists:zip(lists:seq(1, C), ConnIds)],
     Writers = [spawn_writer(S, O) || S <- Socks],
@@ -417,8 +325,8 @@ measure(#{warmup := Warmup, secs := Secs, conns := C, mp_pid := MpPid, clk_tck :
     %% Every reading carries its own timestamp, taken right after it, so that
     %% a slow read (a loaded machine) does not stretch the window of another.
     X0 = timed(Snap),
-    All0 = timed(fun all_proc_ticks/0),
-    Sys0 = timed(fun system_cpu/0),
+    All0 = timed(fun megaphone_bench_lib:all_proc_ticks/0),
+    Sys0 = timed(fun megaphone_bench_lib:system_cpu/0),
     Sw0 = timed(fun() -> cpu_ticks(MpPid) end),
     Be0 = timed(fun() -> cpu_ticks(BenchPid) end),
     Ch0 = timed(fun() -> sum_counters(Ctr, C) end),
@@ -426,8 +334,8 @@ measure(#{warmup := Warmup, secs := Secs, conns := C, mp_pid := MpPid, clk_tck :
     Ch1 = timed(fun() -> sum_counters(Ctr, C) end),
     Be1 = timed(fun() -> cpu_ticks(BenchPid) end),
     Sw1 = timed(fun() -> cpu_ticks(MpPid) end),
-    Sys1 = timed(fun system_cpu/0),
-    All1 = timed(fun all_proc_ticks/0),
+    Sys1 = timed(fun megaphone_bench_lib:system_cpu/0),
+    All1 = timed(fun megaphone_bench_lib:all_proc_ticks/0),
     X1 = timed(Snap),
     {{Chunks, Bytes}, Dt} = delta(Ch0, Ch1),
     CpuPct = fun(A, B) -> {Ticks, D} = delta(A, B), 100 * Ticks / Hz / D end,
@@ -446,141 +354,6 @@ measure(#{warmup := Warmup, secs := Secs, conns := C, mp_pid := MpPid, clk_tck :
       %% Every other process (kernel threads included), in % of one core:
       %% a quiet machine shows ~0 here.
       others => other_cpu(All0v, All1v, [MpPid, BenchPid], Hz, DtAll)}.
-
-timed(F) ->
-    V = F(),
-    {V, erlang:monotonic_time(microsecond)}.
-
-%% {ValueDelta, Seconds} between two timed/1 readings; values are numbers or
-%% tuples of numbers.
-delta({V0, T0}, {V1, T1}) ->
-    {sub(V1, V0), (T1 - T0) / 1.0e6}.
-
-sub(A, B) when is_number(A) -> A - B;
-sub(A, B) when is_tuple(A) -> list_to_tuple(lists:zipwith(fun sub/2, tuple_to_list(A), tuple_to_list(B))).
-
-sum_counters(Ctr, C) ->
-    lists:foldl(fun(I, {Ch, By}) ->
-                        {Ch + counters:get(Ctr, 2 * I - 1), By + counters:get(Ctr, 2 * I)}
-                end, {0, 0}, lists:seq(1, C)).
-
-%% Connections per reactor. A ConnId is a reference of the node whose first
-%% ID word is the index of the reactor that owns the connection (README, "The
-%% message vocabulary").
-reactor_spread(ConnIds) ->
-    Counts = lists:foldl(fun(Id, M) -> maps:update_with(reactor_of(Id), fun(V) -> V + 1 end, 1, M) end,
-                         #{}, ConnIds),
-    Max = lists:max([get(reactors) - 1 | maps:keys(Counts)]),
-    lists:join(" / ", [integer_to_list(maps:get(I, Counts, 0)) || I <- lists:seq(0, Max)]).
-
-reactor_of(ConnId) ->
-    <<131, 90, _Words:16, 119, Len, _Node:Len/binary, _Creation:32, Reactor:32, _/binary>> =
-        term_to_binary(ConnId, [{minor_version, 2}]),
-    Reactor.
-
-%%====================================================================
-%% /proc
-%%====================================================================
-
-%% [{ThreadName, Ticks}] for every thread of a process.
-thread_ticks(OsPid) ->
-    Dir = "/proc/" ++ OsPid ++ "/task/",
-    {ok, Tids} = file:list_dir(Dir),
-    lists:sort([{string:trim(binary_to_list(read_proc(Dir ++ Tid ++ "/comm"))),
-                 cpu_ticks(OsPid ++ "/task/" ++ Tid)} || Tid <- Tids]).
-
-read_proc(Path) ->
-    case file:read_file(Path) of
-        {ok, B} -> B;
-        {error, Reason} -> fail("cannot read ~s: ~p", [Path, Reason])
-    end.
-
-%% VmRSS, VmHWM, RssAnon, Threads from /proc/PID/status (kB, count).
-proc_status(OsPid) ->
-    B = read_proc("/proc/" ++ OsPid ++ "/status"),
-    Lines = binary:split(B, <<"\n">>, [global]),
-    maps:from_list(
-      [{K, list_to_integer(hd(string:lexemes(binary_to_list(V), " \tkB")))}
-       || L <- Lines,
-          [K0, V] <- [binary:split(L, <<":">>)],
-          K <- [binary_to_atom(K0)],
-          lists:member(K, ['VmRSS', 'VmHWM', 'RssAnon', 'RssFile', 'Threads'])]).
-
-rss(Status) -> maps:get('VmRSS', Status).
-
-%% utime + stime of a process (all threads), in clock ticks.
-cpu_ticks(OsPid) ->
-    B = read_proc("/proc/" ++ OsPid ++ "/stat"),
-    %% The command name is in parentheses and may hold spaces: split after it.
-    [_, Rest] = string:split(binary_to_list(B), ")", trailing),
-    Fields = string:lexemes(Rest, " "),
-    %% Rest starts at field 3 (state); utime and stime are fields 14 and 15.
-    list_to_integer(lists:nth(12, Fields)) + list_to_integer(lists:nth(13, Fields)).
-
-%% #{OsPid => {Comm, Ticks}} for every process on the machine.
-all_proc_ticks() ->
-    {ok, Names} = file:list_dir("/proc"),
-    maps:from_list(
-      [{Pid, {Comm, Ticks}}
-       || Pid <- Names, lists:all(fun(Ch) -> Ch >= $0 andalso Ch =< $9 end, Pid),
-          {ok, B} <- [file:read_file("/proc/" ++ Pid ++ "/stat")],
-          {Comm, Ticks} <- [parse_stat(B)]]).
-
-parse_stat(B) ->
-    L = binary_to_list(B),
-    [Head, Rest] = string:split(L, ")", trailing),
-    [_, Comm] = string:split(Head, "("),
-    Fields = string:lexemes(Rest, " "),
-    {Comm, list_to_integer(lists:nth(12, Fields)) + list_to_integer(lists:nth(13, Fields))}.
-
-%% {TotalPercent, [{Comm, Percent}]} of the processes other than Exclude,
-%% biggest first (a process born during the window counts from zero).
-other_cpu(All0, All1, Exclude, Hz, Dt) ->
-    Deltas = [{Comm, 100 * (T1 - element(2, maps:get(Pid, All0, {Comm, 0}))) / Hz / Dt}
-              || {Pid, {Comm, T1}} <- maps:to_list(All1), not lists:member(Pid, Exclude)],
-    Busy = lists:reverse(lists:keysort(2, [D || D = {_, P} <- Deltas, P > 0])),
-    {lists:sum([P || {_, P} <- Busy]), Busy}.
-
-%% {busy, total} jiffies over all CPUs from /proc/stat: busy is user, nice,
-%% system, irq and softirq; total adds idle, iowait and steal (guest time is
-%% already inside user).
-system_cpu() ->
-    B = read_proc("/proc/stat"),
-    [Line | _] = binary:split(B, <<"\n">>),
-    ["cpu" | Vals] = string:lexemes(binary_to_list(Line), " "),
-    [User, Nice, System, Idle, IOWait, IRQ, SoftIRQ, Steal | _] = [list_to_integer(V) || V <- Vals],
-    Busy = User + Nice + System + IRQ + SoftIRQ,
-    {Busy, Busy + Idle + IOWait + Steal}.
-
-%% Kernel slab memory (kB) from /proc/meminfo.
-slab_kb() ->
-    B = read_proc("/proc/meminfo"),
-    {match, [V]} = re:run(B, "\nSlab:\\s+(\\d+) kB", [{capture, all_but_first, list}]),
-    list_to_integer(V).
-
-%%====================================================================
-%% Helpers
-%%====================================================================
-
-deadline(Timeout) -> erlang:monotonic_time(millisecond) + Timeout.
-remaining(Deadline) -> max(0, Deadline - erlang:monotonic_time(millisecond)).
-expired(Deadline) -> remaining(Deadline) =:= 0.
-
-wait_until(Pred, Timeout, What) ->
-    wait_until_loop(Pred, deadline(Timeout), What).
-
-wait_until_loop(Pred, Deadline, What) ->
-    case Pred() of
-        true -> ok;
-        false ->
-            case expired(Deadline) of
-                true -> fail("timed out waiting for ~s", [What]);
-                false -> timer:sleep(20), wait_until_loop(Pred, Deadline, What)
-            end
-    end.
-
-flush_mailbox() ->
-    receive _ -> flush_mailbox() after 0 -> ok end.
 
 %%====================================================================
 %% Report
@@ -656,7 +429,7 @@ throughput_report(#{conns := C, secs := S}, Runs) ->
               MeanMp = mean([maps:get(chunks_s, R) || R <- Mp]),
               MeanNa = mean([maps:get(chunks_s, R) || R <- Na]),
               io_lib:format("| ~s | ~s | ~s |~n",
-                            [size_label(Chunk), range(Pairs, fun f2/1), ratio(MeanMp, MeanNa)])
+                            [size_label(Chunk), range(Pairs, fun megaphone_bench_lib:f2/1), ratio(MeanMp, MeanNa)])
           end || Chunk <- Chunks]],
     Raw =
         ["| rep | chunk | side | chunks/s | MB/s | Swift CPU % | bench CPU % | machine busy % of all cores | other processes CPU % (top) | Swift chunks_delivered/s | Swift CPU % by thread | conns per reactor |\n",
@@ -682,10 +455,10 @@ summary_row(_Chunk, _Kind, []) ->
 summary_row(Chunk, Kind, Rs) ->
     G = fun(K) -> [maps:get(K, R) || R <- Rs] end,
     io_lib:format("| ~s | ~s | ~s | ~s | ~s | ~s | ~s | ~s |~n",
-                  [size_label(Chunk), side(Kind), range(G(chunks_s), fun int/1),
-                   range(G(mb_s), fun f1/1), range(G(avg_chunk), fun int/1),
-                   range(G(swift_cpu), fun f0/1), range(G(bench_cpu), fun f0/1),
-                   range([element(1, O) || O <- G(others)], fun f0/1)]).
+                  [size_label(Chunk), side(Kind), range(G(chunks_s), fun megaphone_bench_lib:int/1),
+                   range(G(mb_s), fun megaphone_bench_lib:f1/1), range(G(avg_chunk), fun megaphone_bench_lib:int/1),
+                   range(G(swift_cpu), fun megaphone_bench_lib:f0/1), range(G(bench_cpu), fun megaphone_bench_lib:f0/1),
+                   range([element(1, O) || O <- G(others)], fun megaphone_bench_lib:f0/1)]).
 
 swift_rate(#{snap := {{{S0 = #{}, _}, TS0}, {{S1 = #{}, _}, TS1}}}) ->
     %% Swift's own count over (nearly) the same window: a cross-check.
@@ -703,13 +476,6 @@ swift_threads(#{snap := {{{_, T0}, TS0}, {{_, T1}, TS1}}, clk_tck := Hz}) ->
 swift_threads(_) ->
     "-".
 
-others({Total, Top}) ->
-    [f0(Total) | [[" (", lists:join(", ", [[C, " ", f0(P)] || {C, P} <- lists:sublist(Top, 2), P >= 1]), ")"]
-                  || Top =/= [], element(2, hd(Top)) >= 1]].
-
-thread_label("megaphone") -> "dist";
-thread_label(Name) -> Name.
-
 side(megaphone) -> "Megaphone";
 side(native) -> "native gen_tcp:recv".
 
@@ -719,23 +485,3 @@ final_report(Final) ->
 size_label(B) when B >= 1024, B rem 1024 =:= 0 -> integer_to_list(B div 1024) ++ " KiB";
 size_label(B) -> integer_to_list(B) ++ " B".
 
-range([], _F) -> "-";
-range(Xs, F) ->
-    Lo = lists:min(Xs),
-    Hi = lists:max(Xs),
-    case F(Lo) =:= F(Hi) of
-        true -> F(Lo);
-        false -> [F(Lo), "-", F(Hi)]
-    end.
-
-mean([]) -> 0.0;
-mean(Xs) -> lists:sum(Xs) / length(Xs).
-
-ratio(_A, B) when B == 0 -> "n/a";
-ratio(A, B) -> f2(A / B).
-
-int(X) when is_integer(X) -> integer_to_list(X);
-int(X) -> integer_to_list(round(X)).
-f0(X) -> integer_to_list(round(X)).
-f1(X) -> io_lib:format("~.1f", [float(X)]).
-f2(X) -> io_lib:format("~.2f", [float(X)]).

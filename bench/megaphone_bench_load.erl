@@ -38,6 +38,8 @@
 %% The receiver's checks, on crafted input (bench/xmpp runs it first).
 -export([selftest/0]).
 
+-import(megaphone_bench_lib, [deadline/1, remaining/1]).
+
 -define(STREAM, "<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' "
                 "xmlns:stream='http://etherx.jabber.org/streams' version='1.0' xml:lang='en'>").
 -define(MSG_END, <<"</message>">>).
@@ -131,9 +133,6 @@ check(Other, What) -> throw({xmpp, {What, Other}}).
 -spec setopts(gen_tcp | ssl, term(), list()) -> ok | {error, term()}.
 setopts(ssl, S, Opts) -> ssl:setopts(S, Opts);
 setopts(gen_tcp, S, Opts) -> inet:setopts(S, Opts).
-
-deadline(Timeout) -> erlang:monotonic_time(millisecond) + Timeout.
-remaining(Deadline) -> max(0, Deadline - erlang:monotonic_time(millisecond)).
 
 %%====================================================================
 %% Pools

@@ -10,7 +10,6 @@
 -module(megaphone_bench_ref).
 
 -export([listen/1, count/0, stop/0, memory/0]).
--export([stop_owner/2]).
 
 -define(KEY, {?MODULE, state}).
 
@@ -36,32 +35,11 @@ count() ->
 
 %% Closes the listener and every socket it accepted.
 stop() ->
-    stop_owner(?KEY, 10000).
-
-%% Stops the owner process registered under Key in persistent_term (it closes
-%% its listener and sockets), killing it after Timeout ms. Shared with
-%% megaphone_bench_tls_ref.
-stop_owner(Key, Timeout) ->
-    case persistent_term:get(Key, undefined) of
-        undefined ->
-            ok;
-        {Pid, _} ->
-            MRef = erlang:monitor(process, Pid),
-            Pid ! stop,
-            receive
-                {'DOWN', MRef, _, _, _} -> ok
-            after Timeout ->
-                exit(Pid, kill)
-            end,
-            persistent_term:erase(Key),
-            ok
-    end.
+    megaphone_bench_lib:stop_owner(?KEY, 10000).
 
 %% erlang:memory/0 plus the process and port counts.
 memory() ->
-    maps:merge(maps:from_list(erlang:memory()),
-               #{process_count => erlang:system_info(process_count),
-                 port_count => erlang:system_info(port_count)}).
+    megaphone_bench_lib:node_memory().
 
 %% --- internals ---
 

@@ -15,11 +15,13 @@
 
 -export([main/1]).
 
--import(megaphone_bench, [fail/2, progress/2, connect_node/2, mp_call/4, rpc/4, stop_node/1,
-                          wait_until/3, flush_mailbox/0, deadline/1, remaining/1,
-                          proc_status/1, rss/1, cpu_ticks/1, thread_ticks/1, all_proc_ticks/0,
-                          other_cpu/5, system_cpu/0, slab_kb/0, timed/1, delta/2, others/1,
-                          thread_label/1, range/2, mean/1, ratio/2, int/1, f0/1, f1/1, f2/1]).
+-import(megaphone_bench_lib, [report_and_halt/1, fail/2, progress/2, connect_node/2, rpc/4, stop_node/1,
+                              ej_started/1, mp_call/4, mp_stats/1, mp_connections/1, mp_shutdown/1,
+                              receive_connects/3, reactors/1, reactor_spread/2, wait_until/3,
+                              flush_mailbox/0, deadline/1, remaining/1, interleave/2, timed/1,
+                              delta/2, sum_counters/2, per/2, proc_status/1, rss/1, cpu_ticks/1,
+                              thread_ticks/1, other_cpu/5, slab_kb/0, others/1, thread_label/1,
+                              range/2, int/1, f0/1, f1/1, f2/1]).
 %% The XMPP client functions (login, stream I/O) are shared with bench/xmpp.
 -import(megaphone_bench_load, [login/4, check/2, setopts/3]).
 
@@ -31,7 +33,7 @@
 %%====================================================================
 
 main(Args) ->
-    megaphone_bench:report_and_halt(
+    report_and_halt(
       fun() ->
               O = parse_args(Args),
               {ok, _} = application:ensure_all_started(ssl),
@@ -99,15 +101,6 @@ mp_start_tls(MP, Controller, #{bundle := Bundle}) ->
         #{listeners := [{tls, _, Port}]} -> Port;
         _ -> fail("unexpected start reply ~p", [Info])
     end.
-
-mp_stats(MP) ->
-    mp_call(MP, fun(Ref) -> {stats, self(), Ref} end, megaphone_stats, 10000).
-
-mp_connections(MP) ->
-    maps:get(connections, mp_stats(MP)).
-
-mp_shutdown(MP) ->
-    mp_call(MP, fun(Ref) -> {shutdown, self(), Ref} end, megaphone_stopped, 30000).
 
 %% The TLS counters of a stats map that are not zero.
 tls_closed(#{closed := Closed}) ->
@@ -204,11 +197,7 @@ mem_section(O = #{reps := Reps, mem_mp := MPs, mem_ref := Refs}) ->
         orelse fail("need ~b Swift nodes and ~b reference nodes for the memory reps", [Reps, Reps]),
     lists:append(
       [begin
-           Order = case Rep rem 2 of
-                       1 -> [megaphone, ref];
-                       0 -> [ref, megaphone]
-                   end,
-           [(mem_run(O, Kind, Rep))#{kind => Kind, rep => Rep} || Kind <- Order]
+           [(mem_run(O, Kind, Rep))#{kind => Kind, rep => Rep} || Kind <- interleave(Rep, [megaphone, ref])]
        end || Rep <- lists:seq(1, Reps)]).
 
 %% A fresh Swift node per rep: RSS never shrinks after a peak.
@@ -217,13 +206,14 @@ mem_run(O = #{idle := N, mem_mp := MPs, mem_version := V, openers := W}, megapho
     progress("memory rep ~b: Megaphone ~s, ~b idle TLS connections (~s)", [Rep, MP, N, V]),
     connect_node(MP, 20000),
     Port = mp_start_tls(MP, self(), O),
+    Reactors = reactors(OsPid),
     flush_mailbox(),
     garbage_collect(),
     Before = proc_status(OsPid),
     Slab0 = slab_kb(),
     T0 = erlang:monotonic_time(millisecond),
     Clients = open_clients(Port, N, V, W),
-    ConnIds = receive_connects(N, 120000),
+    ConnIds = receive_connects(N, 120000, tls),
     length(ConnIds) =:= N orelse fail("got ~b megaphone_connect (tls) messages, expected ~b",
                                       [length(ConnIds), N]),
     wait_until(fun() -> mp_connections(MP) >= N end, 60000,
@@ -243,7 +233,7 @@ mem_run(O = #{idle := N, mem_mp := MPs, mem_version := V, openers := W}, megapho
     Final = mp_shutdown(MP),
     flush_mailbox(),
     #{before => Before, 'after' => After, closed => Closed, secs => (T1 - T0) / 1000,
-      slab => Slab1 - Slab0, stats => Stats, final => Final, spread => spread(ConnIds),
+      slab => Slab1 - Slab0, stats => Stats, final => Final, spread => reactor_spread(ConnIds, Reactors),
       probe => Probe};
 mem_run(#{idle := N, mem_ref := Refs, mem_version := V, openers := W,
           certfile := Cert, keyfile := Key}, ref, Rep) ->
@@ -281,27 +271,6 @@ mem_run(#{idle := N, mem_ref := Refs, mem_version := V, openers := W,
 ref_counts(RefNode) ->
     rpc(RefNode, megaphone_bench_tls_ref, counts, []).
 
-receive_connects(N, Timeout) ->
-    receive_connects(N, deadline(Timeout), []).
-
-receive_connects(0, _Deadline, Acc) ->
-    lists:reverse(Acc);
-receive_connects(N, Deadline, Acc) ->
-    receive
-        {megaphone_connect, _NodePid, ConnId, _Peer, _Local, tls} ->
-            receive_connects(N - 1, Deadline, [ConnId | Acc]);
-        {megaphone_connect, _NodePid, _ConnId, _Peer, _Local, Other} ->
-            fail("megaphone_connect with transport ~p on a tls listener", [Other])
-    after remaining(Deadline) ->
-        lists:reverse(Acc)
-    end.
-
-%% Connections per reactor: the low 8 bits of a ConnId are the reactor's index.
-spread(ConnIds) ->
-    Counts = lists:foldl(fun(Id, M) -> maps:update_with(Id band 255, fun(C) -> C + 1 end, 1, M) end,
-                         #{}, ConnIds),
-    lists:join(" / ", [integer_to_list(C) || {_, C} <- lists:sort(maps:to_list(Counts))]).
-
 %%====================================================================
 %% b) Full handshakes per second
 %%====================================================================
@@ -330,12 +299,8 @@ hs_section(O = #{reps := Reps, versions := Versions, hs_mp := [{MP, MpPid}], hs_
                          stats => fun() -> ref_counts(RefNode) end}},
     Runs = lists:append(
              [begin
-                  Order = case Rep rem 2 of
-                              1 -> [megaphone, ref];
-                              0 -> [ref, megaphone]
-                          end,
                   [(hs_run(O, maps:get(Kind, Servers), V))#{kind => Kind, rep => Rep, version => V}
-                   || Kind <- Order]
+                   || Kind <- interleave(Rep, [megaphone, ref])]
               end || V <- Versions, Rep <- lists:seq(1, Reps)]),
     ok = rpc(RefNode, megaphone_bench_tls_ref, stop, []),
     stop_node(RefNode),
@@ -372,8 +337,8 @@ hs_run(#{hs_conc := C, hs_secs := Secs, warmup := Warmup, clk_tck := Hz},
                     timed(fun() -> cpu_ticks(SrvPid) end),
                     timed(fun() -> cpu_ticks(BenchPid) end),
                     timed(fun() -> thread_ticks(SrvPid) end),
-                    timed(fun megaphone_bench:all_proc_ticks/0),
-                    timed(fun megaphone_bench:system_cpu/0)}
+                    timed(fun megaphone_bench_lib:all_proc_ticks/0),
+                    timed(fun megaphone_bench_lib:system_cpu/0)}
            end,
     S0 = StatsF(),
     R0 = Read(),
@@ -408,9 +373,6 @@ hs_run(#{hs_conc := C, hs_secs := Secs, warmup := Warmup, clk_tck := Hz},
               f0(maps:get(srv_us, R)), f0(maps:get(bench_cpu, R)), f0(maps:get(bench_us, R)),
               Failed, Errors]),
     R.
-
-per(_X, 0) -> 0.0;
-per(X, N) -> X / N.
 
 %% Full handshakes back to back until told to stop. After each, the client
 %% waits for the server to close (it does so once its side of the handshake
@@ -484,20 +446,10 @@ xmpp_section(O = #{ej := Ej, ej_mp := [{MP, _}], pairs := P, reps := Reps}) ->
     [xmpp_run(O#{xmpp_secs => 1, warmup => 0}, Kind, 0) || Kind <- lists:append(Pairs)],
     Runs = lists:append(
              [begin
-                  Order = case Rep rem 2 of
-                              1 -> Pair;
-                              0 -> lists:reverse(Pair)
-                          end,
-                  [(xmpp_run(O, Kind, Rep))#{kind => Kind, rep => Rep} || Kind <- Order]
+                  [(xmpp_run(O, Kind, Rep))#{kind => Kind, rep => Rep} || Kind <- interleave(Rep, Pair)]
               end || Rep <- lists:seq(1, Reps), Pair <- Pairs]),
     #{runs => Runs, mp_stats => mp_stats(MP),
       ej_info => rpc(Ej, ejabberd_config, get_version, [])}.
-
-ej_started(Ej) ->
-    case rpc:call(Ej, application, which_applications, [], 5000) of
-        Apps when is_list(Apps) -> lists:keymember(ejabberd, 1, Apps);
-        _ -> false
-    end.
 
 user(I) -> <<"tlsbench", (integer_to_binary(I))/binary>>.
 password(I) -> <<"pw", (integer_to_binary(I))/binary>>.
@@ -563,8 +515,8 @@ xmpp_run(O = #{ej := Ej, ej_pid := EjPid, ej_mp := [{MP, MpPid}], pairs := P, in
                     timed(fun() -> cpu_ticks(EjPid) end),
                     timed(fun() -> cpu_ticks(MpPid) end),
                     timed(fun() -> cpu_ticks(BenchPid) end),
-                    timed(fun megaphone_bench:all_proc_ticks/0),
-                    timed(fun megaphone_bench:system_cpu/0),
+                    timed(fun megaphone_bench_lib:all_proc_ticks/0),
+                    timed(fun megaphone_bench_lib:system_cpu/0),
                     timed(fun() -> thread_ticks(MpPid) end),
                     timed(fun() -> chunk_counts(mp_stats(MP)) end)}
            end,
@@ -611,10 +563,6 @@ xmpp_run(O = #{ej := Ej, ej_pid := EjPid, ej_mp := [{MP, MpPid}], pairs := P, in
 %% Users 2i-1 and 2i are a pair.
 partner(I) when I rem 2 =:= 1 -> I + 1;
 partner(I) -> I - 1.
-
-sum_counters(Ctr, N) ->
-    lists:foldl(fun(I, {M, E}) -> {M + counters:get(Ctr, 2 * I - 1), E + counters:get(Ctr, 2 * I)} end,
-                {0, 0}, lists:seq(1, N)).
 
 %% One XMPP client over direct TLS (XEP-0368), or plain TCP (Transport
 %% gen_tcp; ssl and gen_tcp share the calls used here): stream header, SASL
@@ -701,8 +649,8 @@ mem_report(#{idle := N, mem_version := V}, Runs) ->
     PerConn = fun(#{before := B, 'after' := A}) -> (rss(A) - rss(B)) * 1024 / N end,
     Mp = [R || R = #{kind := megaphone} <- Runs],
     Ref = [R || R = #{kind := ref} <- Runs],
-    Col = fun(Rs, F) -> range([F(R) || R <- Rs], fun megaphone_bench:f1/1) end,
-    ColI = fun(Rs, F) -> range([F(R) || R <- Rs], fun megaphone_bench:int/1) end,
+    Col = fun(Rs, F) -> range([F(R) || R <- Rs], fun megaphone_bench_lib:f1/1) end,
+    ColI = fun(Rs, F) -> range([F(R) || R <- Rs], fun megaphone_bench_lib:int/1) end,
     Row = fun(Label, F, Fmt) -> ["| ", Label, " | ", Fmt(Mp, F), " | ", Fmt(Ref, F), " |\n"] end,
     Pairs = [PerConn(M) / max(1.0e-9, PerConn(R))
              || M = #{rep := Rep} <- Mp, R = #{rep := Rep2} <- Ref, Rep =:= Rep2],
@@ -730,9 +678,9 @@ mem_report(#{idle := N, mem_version := V}, Runs) ->
      ["| negotiated | ", maps:get(probe, hd(Mp)), " | ", maps:get(probe, hd(Ref)), " |\n"],
      "\n",
      io_lib:format("Megaphone / Erlang ssl, RSS per connection, per interleaved pair: **~s**~n~n",
-                   [range(Pairs, fun megaphone_bench:f2/1)]),
+                   [range(Pairs, fun megaphone_bench_lib:f2/1)]),
      io_lib:format("Target (<= 16 KB = 16,384 B of Swift RSS per idle TLS connection): ~s B, **~s**.~n~n",
-                   [range(MpPer, fun megaphone_bench:f1/1), Verdict]),
+                   [range(MpPer, fun megaphone_bench_lib:f1/1), Verdict]),
      "Megaphone `closed` counters at shutdown (per rep): ",
      lists:join("; ", [io_lib:format("`~0p`", [tls_closed(maps:get(final, R))]) || R <- Mp]),
      "\n\nAll runs, in the order they ran:\n\n",
@@ -750,11 +698,11 @@ hs_report(#{hs_conc := C, hs_secs := S, cert := Cert}, #{runs := Runs, final := 
         [[begin
               Rs = [R || R = #{version := V0, kind := K0} <- Runs, V0 =:= V, K0 =:= Kind],
               io_lib:format("| ~s | ~s | ~s | ~s | ~s | ~s | ~s | ~s | ~s | ~s |~n",
-                            [V, side(Kind), range(G(Rs, hs_s), fun megaphone_bench:int/1),
-                             range(G(Rs, srv_cpu), fun megaphone_bench:f0/1), range(G(Rs, srv_us), fun megaphone_bench:f0/1),
-                             range(G(Rs, bench_cpu), fun megaphone_bench:f0/1), range(G(Rs, bench_us), fun megaphone_bench:f0/1),
-                             range([element(1, O) || O <- G(Rs, others)], fun megaphone_bench:f0/1),
-                             range(G(Rs, failed), fun megaphone_bench:int/1), maps:get(probe, hd(Rs))])
+                            [V, side(Kind), range(G(Rs, hs_s), fun megaphone_bench_lib:int/1),
+                             range(G(Rs, srv_cpu), fun megaphone_bench_lib:f0/1), range(G(Rs, srv_us), fun megaphone_bench_lib:f0/1),
+                             range(G(Rs, bench_cpu), fun megaphone_bench_lib:f0/1), range(G(Rs, bench_us), fun megaphone_bench_lib:f0/1),
+                             range([element(1, O) || O <- G(Rs, others)], fun megaphone_bench_lib:f0/1),
+                             range(G(Rs, failed), fun megaphone_bench_lib:int/1), maps:get(probe, hd(Rs))])
           end || Kind <- [megaphone, ref]]
          || V <- Versions],
     Ratios =
@@ -763,7 +711,7 @@ hs_report(#{hs_conc := C, hs_secs := S, cert := Cert}, #{runs := Runs, final := 
              Rf = [R || R = #{version := V0, kind := ref} <- Runs, V0 =:= V],
              P = fun(K) -> [maps:get(K, M) / max(1.0e-9, maps:get(K, R))
                             || M = #{rep := A} <- Mp, R = #{rep := B} <- Rf, A =:= B] end,
-             io_lib:format("| ~s | ~s | ~s |~n", [V, range(P(hs_s), fun megaphone_bench:f2/1), range(P(srv_us), fun megaphone_bench:f2/1)])
+             io_lib:format("| ~s | ~s | ~s |~n", [V, range(P(hs_s), fun megaphone_bench_lib:f2/1), range(P(srv_us), fun megaphone_bench_lib:f2/1)])
          end || V <- Versions],
     Raw =
         [io_lib:format("| ~s | ~b | ~s | ~s | ~s | ~s | ~s | ~s | ~s | ~s | ~s |~n",
@@ -811,16 +759,16 @@ xmpp_report(#{pairs := P, inflight := K, xmpp_secs := S, body := Body, cert := C
                                     end
                      end,
              io_lib:format("| ~s | ~s | ~s | ~s | ~s | ~s | ~s | ~s | ~s | ~s | ~s |~n",
-                           [path(Kind), range(G(Rs, msgs_s), fun megaphone_bench:int/1),
-                            range(G(Rs, ej_cpu), fun megaphone_bench:f0/1),
-                            range(G(Rs, ej_us), fun megaphone_bench:f1/1),
-                            Swift(mp_cpu, fun megaphone_bench:f0/1),
-                            Swift(mp_us, fun megaphone_bench:f1/1),
+                           [path(Kind), range(G(Rs, msgs_s), fun megaphone_bench_lib:int/1),
+                            range(G(Rs, ej_cpu), fun megaphone_bench_lib:f0/1),
+                            range(G(Rs, ej_us), fun megaphone_bench_lib:f1/1),
+                            Swift(mp_cpu, fun megaphone_bench_lib:f0/1),
+                            Swift(mp_us, fun megaphone_bench_lib:f1/1),
                             range([maps:get(ej_us, R) + maps:get(mp_us, R) || R <- Rs],
-                                  fun megaphone_bench:f1/1),
-                            range(G(Rs, bench_cpu), fun megaphone_bench:f0/1),
-                            range(G(Rs, logins_s), fun megaphone_bench:int/1),
-                            range(G(Rs, error_stanzas), fun megaphone_bench:int/1),
+                                  fun megaphone_bench_lib:f1/1),
+                            range(G(Rs, bench_cpu), fun megaphone_bench_lib:f0/1),
+                            range(G(Rs, logins_s), fun megaphone_bench_lib:int/1),
+                            range(G(Rs, error_stanzas), fun megaphone_bench_lib:int/1),
                             maps:get(probe, hd(Rs))])
          end || Kind <- Kinds],
     Pair = fun(MK, NK, F) ->
@@ -829,7 +777,7 @@ xmpp_report(#{pairs := P, inflight := K, xmpp_secs := S, body := Body, cert := C
            end,
     RatioRows =
         fun(MK, NK, Label) ->
-                R = fun(F) -> range(Pair(MK, NK, F), fun megaphone_bench:f2/1) end,
+                R = fun(F) -> range(Pair(MK, NK, F), fun megaphone_bench_lib:f2/1) end,
                 io_lib:format("| ~s | **~s** | ~s | ~s |~n",
                               [Label,
                                R(fun(M, N) -> maps:get(msgs_s, M) / max(1.0e-9, maps:get(msgs_s, N)) end),

@@ -53,12 +53,12 @@ counts() ->
 %% Closes the listener and every socket it holds.
 -spec stop() -> ok.
 stop() ->
-    megaphone_bench_ref:stop_owner(?KEY, 30000).
+    megaphone_bench_lib:stop_owner(?KEY, 30000).
 
 %% erlang:memory/0 plus the process and port counts.
 -spec memory() -> map().
 memory() ->
-    megaphone_bench_ref:memory().
+    megaphone_bench_lib:node_memory().
 
 %%====================================================================
 %% Internals

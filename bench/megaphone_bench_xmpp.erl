@@ -1,5 +1,5 @@
 %%% bench/xmpp's measuring side: runs in the driver's controller node (a
-%%% hidden node the Python driver talks to, see Tests/integration/harness.py
+%%% hidden node the Python driver talks to, see Tests/integration/harness/erl_helper.py
 %%% ErlHelper) and drives the load clients (megaphone_bench_load pools) in the
 %%% client nodes. Each exported function is one measurement; it returns a
 %%% map the driver turns into the report. Every failure throws (fail/2) with
@@ -16,8 +16,9 @@
 
 -export([prepare/1, mem_run/1, msg_run/1, scale_run/1]).
 
--import(megaphone_bench, [fail/2, progress/2, connect_node/2, rpc/4, wait_until/3,
-                          deadline/1, remaining/1, proc_status/1, rss/1, cpu_ticks/1, slab_kb/0]).
+-import(megaphone_bench_lib, [fail/2, progress/2, connect_node/2, rpc/4, ej_started/1, wait_until/3,
+                              deadline/1, remaining/1, per/2, proc_status/1, rss/1, cpu_ticks/1,
+                              system_cpu/0, slab_kb/0]).
 
 -define(LOGIN_TIMEOUT, 600000).
 
@@ -91,12 +92,6 @@ do_prepare(Cfg = #{ej := Ej, mp := MPs, clients := Clients, users := N}) ->
       client_fd_limits => [fd_limit(rpc(C, os, getpid, [])) || {C, _} <- Clients],
       reg_ms => RegMs}.
 
-ej_started(Ej) ->
-    case rpc:call(Ej, application, which_applications, [], 5000) of
-        Apps when is_list(Apps) -> lists:keymember(ejabberd, 1, Apps);
-        _ -> false
-    end.
-
 %% "Max open files" soft limit of an OS process.
 fd_limit(OsPid) ->
     {ok, B} = file:read_file("/proc/" ++ OsPid ++ "/limits"),
@@ -145,7 +140,7 @@ read(#{ej := Ej, ej_pid := EjPid, mp := MPs}) ->
       slab => slab_kb(),
       ej_cpu => cpu_ticks(EjPid),
       mp_cpu => lists:sum([cpu_ticks(P) || {_, P} <- MPs]),
-      sys => megaphone_bench:system_cpu()}.
+      sys => system_cpu()}.
 
 ej_sessions(Ej) ->
     rpc(Ej, ejabberd_sm, connected_users_number, []).
@@ -347,9 +342,6 @@ do_msg_run(Cfg = #{ej := Ej, pairs := P, inflight := K, secs := Secs, warmup := 
 
 delivered(Pools) ->
     lists:sum([element(1, megaphone_bench_load:call(P, counters, 30000)) || P <- Pools]).
-
-per(_X, 0) -> 0.0;
-per(X, N) -> X / N.
 
 fmt(undefined) -> "-";
 fmt(X) -> io_lib:format("~.1f", [X]).

@@ -24,14 +24,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "Tests" / "integration"))
 
-import harness  # noqa: E402
-from harness import Ejabberd, MegaphoneNode, free_port, make_test_pki, wait_for  # noqa: E402
+from harness.ejabberd import Ejabberd  # noqa: E402
+from harness.env import MEGAPHONE_EBIN  # noqa: E402
+from harness.megaphone_node import MegaphoneNode  # noqa: E402
+from harness.net import free_port, port_free  # noqa: E402
+from harness.pki import make_test_pki  # noqa: E402
+from harness.processes import wait_for  # noqa: E402
 
 USERS = {"alice": "alice-secret", "bob": "bob-secret"}
 
 
 def port_or_free(wanted: int) -> int:
-    return wanted if harness._port_free(wanted) else free_port()
+    return wanted if port_free(wanted) else free_port()
 
 
 async def check(starttls_port: int, native_port: int, ca_file: Path) -> None:
@@ -91,7 +95,7 @@ Point any XMPP client at 127.0.0.1 port {starttls_port}, e.g.
   profanity: /connect alice@localhost server 127.0.0.1 port {starttls_port}
 Status : ejabberdctl --config-dir {ej.etc} --ctl-config {ej.etc}/ejabberdctl.cfg megaphone_status
 Logs   : {ej.log_path}   and   {mp.log_path}
-Shell  : erl -sname sh@localhost -hidden -setcookie {cookie} -pa {harness.MEGAPHONE_EBIN}
+Shell  : erl -sname sh@localhost -hidden -setcookie {cookie} -pa {MEGAPHONE_EBIN}
          then megaphone:stats('{node}'). or rpc:call('{ej.node}', mod_megaphone, status, []).
 """)
         print("==> scripted check: alice through Megaphone over STARTTLS, bob on the native port")

@@ -31,8 +31,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import harness  # noqa: E402
-from harness import Ejabberd, MegaphoneNode, TestPKI, free_port, make_test_pki, wait_for  # noqa: E402
+from harness.ejabberd import Ejabberd  # noqa: E402
+from harness.env import MEGAPHONE_BIN, MEGAPHONE_EBIN, XMPP_HOST  # noqa: E402
+from harness.megaphone_node import MegaphoneNode  # noqa: E402
+from harness.net import free_port  # noqa: E402
+from harness.pki import TestPKI, make_test_pki  # noqa: E402
+from harness.processes import unique, wait_for  # noqa: E402
 
 _failed = False
 
@@ -55,7 +59,7 @@ class _Users:
         password = secrets.token_urlsafe(12)
         self.ej.register(user, password)
         self.users.append(user)
-        return f"{user}@{harness.XMPP_HOST}", password
+        return f"{user}@{XMPP_HOST}", password
 
     def session_pid_of(self, client):
         return self.ej.session_pid(client.boundjid.user, client.boundjid.resource)
@@ -116,8 +120,8 @@ class Env(_Users):
 
 
 def _check_built() -> None:
-    for p in (harness.MEGAPHONE_BIN, harness.MEGAPHONE_EBIN / "mod_megaphone.beam",
-              harness.MEGAPHONE_EBIN / "megaphone_socket.beam", harness.MEGAPHONE_EBIN / "megaphone.beam"):
+    for p in (MEGAPHONE_BIN, MEGAPHONE_EBIN / "mod_megaphone.beam",
+              MEGAPHONE_EBIN / "megaphone_socket.beam", MEGAPHONE_EBIN / "megaphone.beam"):
         if not Path(p).exists():
             pytest.fail(f"missing {p}: build first (swift build; rebar3 compile) or run scripts/test-integration",
                         pytrace=False)
@@ -156,7 +160,7 @@ def _session_env():
     ej = a = b = None
     try:
         cookie = secrets.token_hex(16)
-        names = [harness.unique("mpit_a_"), harness.unique("mpit_b_")]
+        names = [unique("mpit_a_"), unique("mpit_b_")]
         ports = {f"{n}@localhost": free_port() for n in names}
         ej = Ejabberd(base, ports, cookie=cookie, connect_retry=1)
         a = MegaphoneNode(base / "nodes", cookie, ej.helper, name=names[0])
@@ -264,7 +268,7 @@ def _tls_module_env():
         # own copy for its native listener
         pki = make_test_pki(base / "pki")
         cookie = secrets.token_hex(16)
-        name = harness.unique("mpit_tls_")
+        name = unique("mpit_tls_")
         node_name = f"{name}@localhost"
         listeners = [("tcp", free_port()), ("starttls", free_port()), ("tls", free_port())]
         ej = Ejabberd(base, {node_name: listeners}, cookie=cookie, connect_retry=1,

@@ -40,8 +40,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import harness
-from harness import Ejabberd, MegaphoneNode, free_port, wait_for
+from harness.ejabberd import Ejabberd
+from harness.errors import HarnessError
+from harness.megaphone_node import MegaphoneNode
+from harness.net import epmd_names, free_port, hang_up_storm
+from harness.processes import unique, wait_for
+from harness.terms import binary
 from xmpp_load import ClientSpec, Load
 
 FAULTS = ["kill_megaphone", "kill_ejabberd", "stop_megaphone_short", "stop_megaphone_long",
@@ -61,7 +65,7 @@ def rss_kb(pid: int) -> int:
         for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
-    raise harness.HarnessError(f"no VmRSS for {pid}")
+    raise HarnessError(f"no VmRSS for {pid}")
 
 
 @dataclass
@@ -114,9 +118,9 @@ class World:
     # ---- set-up
     def start(self) -> None:
         cookie = secrets.token_hex(16)
-        name = harness.unique("mpft_")
+        name = unique("mpft_")
         node = f"{name}@localhost"
-        storm_name = harness.unique("mpft_storm_")
+        storm_name = unique("mpft_storm_")
         self.port, self.storm_port = free_port(), free_port()
         self.ej = Ejabberd(self.base, {node: self.port, f"{storm_name}@localhost": self.storm_port},
                            cookie=cookie, connect_retry=1, net_ticktime=self.ticktime)
@@ -136,7 +140,7 @@ class World:
         specs = [ClientSpec(u, p, self.ej.c2s_port, "native") if i in natives else
                  ClientSpec(u, p, self.port, "megaphone") for i, (u, p) in enumerate(users)]
         self.ej.rpc("[ok = ejabberd_auth:try_register(U, <<\"localhost\">>, P) || {U, P} <- "
-                    + "[" + ",".join(f"{{{harness.binary(u)}, {harness.binary(p)}}}" for u, p in users) + "]], ok.",
+                    + "[" + ",".join(f"{{{binary(u)}, {binary(p)}}}" for u, p in users) + "]], ok.",
                     timeout=120)
         self.load = Load(specs, seed=self.seed)
         self.load.start()
@@ -360,14 +364,14 @@ class World:
         closed = lambda: sum(self.storm.stats()["closed"].values())
         count = max(500, 4 * self.mp_stats()["accepted"] + 100)
         closed0, t0 = closed(), time.monotonic()
-        harness.hang_up_storm(self.storm_port, count)
+        hang_up_storm(self.storm_port, count)
         wait_for(lambda: closed() - closed0 >= count and self.storm.connections() == 0, 30,
                  "the storm node to close every hung-up connection", on_timeout=self.logs)
         return None, None, f"{count} hang-ups, all closed after {time.monotonic() - t0:.2f}s"
 
     def dist_sockets(self) -> tuple[int, int]:
         """(dist port of the node, local port of the beam's connection to it), from ss -tnp."""
-        node_port = harness.epmd_names()[self.mp.name]
+        node_port = epmd_names()[self.mp.name]
         beam = self.ej.beam_pid()
         out = subprocess.run(["ss", "-tnpH", "state", "established", f"( dport = :{node_port} )"],
                              capture_output=True, text=True, check=True).stdout
@@ -402,7 +406,7 @@ class World:
         ring may not take more than 2 s (it takes tens of ms; a node that waits for a handshake on its
         distribution thread holds every client for seconds per probe). Noticed = the node closed the
         last probe; bound = its deadline + 3 s."""
-        port = harness.epmd_names()[self.mp.name]
+        port = epmd_names()[self.mp.name]
         rings = [self._timed_ring()]
         stop = threading.Event()
         closed: list[float] = []

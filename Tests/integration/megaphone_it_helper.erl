@@ -1,4 +1,4 @@
-%%% The long-lived hidden Erlang node the integration harness (harness.py) talks to.
+%%% The long-lived hidden Erlang node the integration harness (harness/erl_helper.py) talks to.
 %%%
 %%% One request per line on stdin, one reply per line on stdout:
 %%%   request: "<Mode> <Node> <TimeoutMs> <Base64(Erlang expressions, ending in '.')>"

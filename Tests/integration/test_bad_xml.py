@@ -23,7 +23,7 @@ import time
 import pytest
 
 from clients import Session, run, until
-from harness import XMPP_HOST
+from harness.env import XMPP_HOST
 from test_tls import PROCEED, STARTTLS, Raw, chat, closed_counts, closed_delta, tls_login
 
 HEADER = ("<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' "

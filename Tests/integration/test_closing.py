@@ -19,11 +19,11 @@ import time
 import pytest
 
 import harness
-from harness import wait_for
+from harness.processes import wait_for
 
 HEADER = (f"<?xml version='1.0'?><stream:stream to='{harness.XMPP_HOST}' xmlns='jabber:client' "
           "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>").encode()
-MAX_STANZA_SIZE = 262144     # harness.py's c2s option
+MAX_STANZA_SIZE = 262144     # harness/ejabberd.py's c2s option
 
 
 def open_stream(port: int) -> socket.socket:

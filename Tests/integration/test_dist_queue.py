@@ -17,7 +17,11 @@ import zlib
 
 import pytest
 
-from harness import MEGAPHONE_EBIN, ErlHelper, MegaphoneNode, atom, wait_for
+from harness.env import MEGAPHONE_EBIN
+from harness.erl_helper import ErlHelper
+from harness.megaphone_node import MegaphoneNode
+from harness.processes import wait_for
+from harness.terms import atom
 
 CLIENTS = 400
 PAYLOAD = 256 * 1024         # per client: more than one chunk plus what the kernel buffers hold

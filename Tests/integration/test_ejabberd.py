@@ -13,7 +13,10 @@ import time
 import pytest
 
 from clients import Client, Session, run, until
-from harness import XMPP_HOST, free_port, proplist, wait_for
+from harness.env import XMPP_HOST
+from harness.net import free_port
+from harness.processes import wait_for
+from harness.terms import proplist
 
 
 def user_of(jid: str) -> str:

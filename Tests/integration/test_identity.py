@@ -13,7 +13,7 @@ import socket
 import time
 
 from clients import Session, run, until
-from harness import hang_up_storm
+from harness.net import hang_up_storm
 from test_ejabberd import chat, user_of
 
 

@@ -22,7 +22,10 @@ import pytest
 import harness
 from clients import Client, Session, run, until
 from conftest import _bring_up, _Users, _check_built, _tear_down
-from harness import Ejabberd, MegaphoneNode, free_port, wait_for
+from harness.ejabberd import Ejabberd
+from harness.megaphone_node import MegaphoneNode
+from harness.net import free_port
+from harness.processes import wait_for
 
 STREAM_HEADER_TIMEOUT = 1    # s
 MAX_CONNECTIONS_PER_IP = 8

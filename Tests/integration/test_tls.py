@@ -23,7 +23,11 @@ from pathlib import Path
 import pytest
 
 from clients import Client, Session, run, until
-from harness import XMPP_HOST, write_private_file, proplist, s_client, wait_for
+from harness.env import XMPP_HOST
+from harness.files import write_private_file
+from harness.processes import wait_for
+from harness.s_client import s_client
+from harness.terms import proplist
 
 STREAM_HEADER = ("<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' "
                  "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>").encode()
