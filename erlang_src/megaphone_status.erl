@@ -65,14 +65,14 @@ status() ->
            bytes_out => maps:get(bytes_out, Stats, undefined),
            refused => refused(Stats),
            closed => maps:get(closed, Stats, #{})}
-     end || {Name, Status, Sessions} <- nodes()].
+     end || {Name, Status, Sessions} <- configured_nodes()].
 
 %% The sessions each configured Megaphone node carries on this ejabberd node
 %% (live c2s processes, including those waiting for XEP-0198 resumption),
 %% from the gen_server alone: cheap enough for a metrics hook to poll.
 -spec sessions() -> #{node() => non_neg_integer()}.
 sessions() ->
-    maps:from_list([{Name, Sessions} || {Name, _Status, Sessions} <- nodes()]).
+    maps:from_list([{Name, Sessions} || {Name, _Status, Sessions} <- configured_nodes()]).
 
 %% The ejabberdctl commands, registered by mod_megaphone while it runs.
 -spec commands() -> [ejabberd_commands()].
@@ -139,7 +139,7 @@ megaphone_sessions(Node) ->
 %%====================================================================
 
 %% {Name, Status, Sessions} of each configured node; none without mod_megaphone.
-nodes() ->
+configured_nodes() ->
     try gen_server:call(mod_megaphone, nodes, 5000)
     catch exit:{noproc, _} -> []
     end.
