@@ -48,8 +48,9 @@ public struct ConnectionSlot {
     public var address: UInt32 = 0
     public var inbound: ByteQueue? = nil
     public var outbound: ByteQueue? = nil
-    /// The connection's `SSL *` on TLS listeners, owned by the reactor (freed when it closes).
-    public var tls: OpaquePointer? = nil
+    /// How bytes cross the socket: plain, or the connection's TLS session (owned by the reactor, freed
+    /// when it closes). One pointer wide.
+    var transport: SocketTransport = .plain
 
     public var isFree: Bool { connID == 0 }
 }

@@ -16,7 +16,7 @@ extension Reactor {
               table[fd].inbound?.isEmpty ?? true else { return }
         // Decrypted bytes OpenSSL holds, or unread bytes in the kernel (for TLS maybe only the
         // close_notify alert): a read on the next get_data finds them, and the EOF after them.
-        if let ssl = table[fd].tls, TLSSession.pending(ssl) > 0 { return }
+        if table[fd].transport.holdsInput { return }
         do {
             guard case .processed(0) = try Socket.peek(fd) else { return }
             clientFinished(fd)

@@ -469,11 +469,11 @@ public final class Reactor: @unchecked Sendable {
             if listener.bound.transport == .starttls {
                 table[fd].stage = .startTLS
             } else {
-                guard let ssl = context.makeSession(fd: fd) else {
+                guard let session = TLSTransport(context: context, fd: fd) else {
                     closeConnection(fd, reason: .tlsError, notify: nil)
                     return
                 }
-                table[fd].tls = ssl
+                table[fd].transport = .tls(session)
                 table[fd].stage = .handshake
             }
         }
@@ -522,8 +522,7 @@ public final class Reactor: @unchecked Sendable {
             break
         }
         if events & Epoll.in != 0 { table[fd].flags.insert(.readable) }
-        // With TLS a blocked write can wait for readability too (OpenSSL may need to read first).
-        if events & Epoll.out != 0 || (table[fd].tls != nil && table[fd].outbound != nil) {
+        if events & Epoll.out != 0 || (table[fd].transport.writeMayWaitForRead && table[fd].outbound != nil) {
             if events & Epoll.out != 0 { table[fd].flags.insert(.writable) }
             guard flush(fd) else { return }
         }
@@ -559,34 +558,19 @@ public final class Reactor: @unchecked Sendable {
             return
         }
         let buffer = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<config.maxChunk])
-        // One read() returns all the socket holds, but SSL_read returns one TLS record: fill the chunk
-        // from as many records as are there, so that a TLS client's bytes reach ejabberd in chunks as
-        // large as a plain client's (bench/run-tls saw ~285-byte chunks, 4x the plain count).
-        var filled = 0
+        let (filled, end) = table[fd].transport.fill(fd, buffer, peerClosed: table[fd].flags.contains(.peerClosed))
         var eof = false
         var ended: (CloseReason, Event)? = nil
-        fill: while filled < buffer.count {
-            switch readSome(fd, into: UnsafeMutableRawBufferPointer(rebasing: buffer[filled...])) {
-            case .data(let n):
-                filled += n
-                guard table[fd].tls == nil else { continue fill }
-                // A half-closed client's socket stays readable until its EOF is read: read on, so that
-                // tcp_closed follows the last chunk at once.
-                if table[fd].flags.contains(.peerClosed) { continue fill }
-                // A short read emptied the socket. Edge-triggered epoll reports every later arrival,
-                // so the next get_data waits for EPOLLIN instead of spending a read() on EAGAIN.
-                if filled < buffer.count { table[fd].flags.remove(.readable) }
-                break fill
-            case .wouldBlock:
-                table[fd].flags.remove(.readable)
-                break fill
-            case .eof:
-                eof = true
-                break fill
-            case .failed(let reason, let closeReason):
-                ended = (closeReason, .error(connID: id, reason: reason))
-                break fill
+        switch end {
+        case .open(let readable):
+            if !readable { table[fd].flags.remove(.readable) }
+        case .eof:
+            eof = true
+        case .failed(let reason, let closeReason, let detail):
+            if let detail {
+                logger.debug("TLS read failed", metadata: ["connection.id": "\(id)", "error": "\(detail)"])
             }
+            ended = (closeReason, .error(connID: id, reason: reason))
         }
         if filled > 0 {
             counters.bytesIn.add(filled, ordering: .relaxed)
@@ -601,62 +585,6 @@ public final class Reactor: @unchecked Sendable {
         } else if table[fd].flags.contains(.peerClosed) {
             // A chunk that filled up just before the EOF: tcp_closed follows it all the same.
             finishIfDrained(fd)
-        }
-    }
-
-    private enum ReadOutcome {
-        case data(Int)
-        case eof
-        case wouldBlock
-        case failed(reason: String, CloseReason)
-    }
-
-    /// One read from the client: through OpenSSL on TLS connections, from the socket otherwise.
-    private func readSome(_ fd: CInt, into buffer: UnsafeMutableRawBufferPointer) -> ReadOutcome {
-        if let ssl = table[fd].tls {
-            switch TLSSession.read(ssl, into: buffer) {
-            case .done(let n): return .data(n)
-            case .wantRead, .wantWrite: return .wouldBlock
-            case .closed: return .eof
-            case .failed(let why):
-                logger.debug("TLS read failed", metadata: ["connection.id": "\(table[fd].connID)", "error": "\(why)"])
-                return .failed(reason: "tls_error", .tlsError)
-            }
-        }
-        do {
-            switch try Socket.read(fd, into: buffer) {
-            case .processed(0): return .eof
-            case .processed(let n): return .data(n)
-            case .wouldBlock: return .wouldBlock
-            }
-        } catch {
-            return .failed(reason: error.erlangName, .clientError)
-        }
-    }
-
-    private enum WriteOutcome {
-        case wrote(Int)
-        case wouldBlock
-        case failed(reason: String, CloseReason)
-    }
-
-    /// One write to the client: through OpenSSL on TLS connections, to the socket otherwise.
-    private func writeSome(_ fd: CInt, _ bytes: UnsafeRawBufferPointer) -> WriteOutcome {
-        if let ssl = table[fd].tls {
-            switch TLSSession.write(ssl, bytes) {
-            case .done(let n): return .wrote(n)
-            case .wantRead, .wantWrite: return .wouldBlock
-            case .closed: return .failed(reason: "closed", .clientClosed)
-            case .failed: return .failed(reason: "tls_error", .tlsError)
-            }
-        }
-        do {
-            switch try Socket.write(fd, bytes) {
-            case .processed(let n): return .wrote(n)
-            case .wouldBlock: return .wouldBlock
-            }
-        } catch {
-            return .failed(reason: error.erlangName, .clientError)
         }
     }
 
@@ -678,7 +606,7 @@ public final class Reactor: @unchecked Sendable {
             var failure: (String, CloseReason)? = nil
             bytes.withUnsafeBytes { all in
                 while written < all.count {
-                    switch writeSome(fd, UnsafeRawBufferPointer(rebasing: all[written...])) {
+                    switch table[fd].transport.write(fd, UnsafeRawBufferPointer(rebasing: all[written...])) {
                     case .wrote(let n): written += n
                     case .wouldBlock: return
                     case .failed(let reason, let closeReason):
@@ -768,7 +696,7 @@ public final class Reactor: @unchecked Sendable {
             var blocked = false
             while !queue.isEmpty && !blocked && failure == nil {
                 queue.withFront { front in
-                    switch writeSome(fd, front) {
+                    switch table[fd].transport.write(fd, front) {
                     case .wrote(let n):
                         counters.bytesOut.add(n, ordering: .relaxed)
                         return n
@@ -833,7 +761,7 @@ public final class Reactor: @unchecked Sendable {
         if !announced.isEmpty { announced[slot.connID] = nil }
         if let handshake = handshakes.removeValue(forKey: slot.connID) { limiter.release(handshake.ip) }
         addresses.release(slot.address, now: monotonicMillis(), rate: config?.connectionRate)
-        if let ssl = slot.tls { TLSSession.close(ssl) }
+        slot.transport.close()
         // Counted before the close, so that a client that sees the close also finds it in stats.
         counters.connections.subtract(1, ordering: .relaxed)
         load.subtract(1, ordering: .relaxed)
@@ -883,11 +811,11 @@ public final class Reactor: @unchecked Sendable {
                 // ends up inside the TLS session (the STARTTLS injection attack).
                 table[fd].inbound = nil
                 guard writePlain(fd, reply) else { return }
-                guard let context = config?.tls, let ssl = context.makeSession(fd: fd) else {
+                guard let context = config?.tls, let session = TLSTransport(context: context, fd: fd) else {
                     closeConnection(fd, reason: .tlsError, notify: nil)
                     return
                 }
-                table[fd].tls = ssl
+                table[fd].transport = .tls(session)
                 table[fd].stage = .handshake
                 driveHandshake(fd)
                 return
@@ -920,9 +848,9 @@ public final class Reactor: @unchecked Sendable {
     /// Advances the TLS handshake; when it is done, the connection is announced to the controller
     /// (`megaphone_connect` with transport `tls`) and bytes start to flow.
     private func driveHandshake(_ fd: CInt) {
-        guard let ssl = table[fd].tls, let config else { return }
+        guard case .tls(let session) = table[fd].transport, let config else { return }
         let id = table[fd].connID
-        switch TLSSession.handshake(ssl) {
+        switch session.handshake() {
         case .done:
             if let handshake = handshakes.removeValue(forKey: id) { limiter.release(handshake.ip) }
             guard let peer = Socket.peerAddress(fd), let local = Socket.localAddress(fd) else {
@@ -937,7 +865,7 @@ public final class Reactor: @unchecked Sendable {
             watchHeader(id, now: now, config: config)
             watchAnnouncement(id, now: now, config: config)
             emit(to: config.controller, .connected(connID: id, peer: peer, local: local, transport: .tls))
-        case .wantRead, .wantWrite:
+        case .inProgress:
             return
         case .closed:
             closeConnection(fd, reason: .clientClosed, notify: nil)
