@@ -33,7 +33,7 @@ extension Reactor {
         table[fd].flags.insert(.eofNotified)
         table[fd].flags.remove([.armed, .readable])
         // No stream header will come now; the owner ends the stream.
-        headerWatch[id] = nil
+        opening.headerWatch[id] = nil
         emit(to: recipient(of: table[fd]), .closed(connID: id))
         // Without `.closing`: output still flows. A `close` replaces this with a flush deadline.
         if closing[id] == nil {

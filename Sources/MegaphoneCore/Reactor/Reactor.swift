@@ -27,7 +27,7 @@ public final class Reactor: @unchecked Sendable {
     public nonisolated(unsafe) var siblings: [Reactor] = []
     private let output: Mailbox<ReactorOutput>
     private let counters: Counters
-    private let limiter: HandshakeLimiter
+    let limiter: HandshakeLimiter
     private let addresses: AddressLimiter
     let logger: Logger
 
@@ -52,14 +52,8 @@ public final class Reactor: @unchecked Sendable {
     /// Connections announced with `megaphone_connect` and never asked for data yet, and when they are
     /// given up on (`announce_timeout`; see `Reactor+AnnounceDeadline.swift`).
     var announced: [UInt64: Int64] = [:]
-    /// Connections not yet handed over (STARTTLS opening or TLS handshake): their deadline and the
-    /// client IP whose handshake slot they hold.
-    private var handshakes: [UInt64: (deadline: Int64, ip: IPAddress)] = [:]
-    /// Announced connections whose stream header has not been seen whole yet (only while
-    /// `stream_header_timeout` is set): the deadline and the bytes so far (at most
-    /// `StartTLSNegotiator.maxBytes`). An entry lives from the announcement to the header, normally a
-    /// round trip.
-    var headerWatch: [UInt64: (deadline: Int64, seen: [UInt8])] = [:]
+    /// The opening stage's clocks: handshake deadlines and stream header watches.
+    var opening = StreamOpening()
     private var outbox: [ReactorOutput] = []
     /// `send_data` bytes of the current command batch, by ConnId, and the order they came in.
     private var coalesced: [UInt64: [UInt8]] = [:]
@@ -155,7 +149,7 @@ public final class Reactor: @unchecked Sendable {
     /// Whether closing or lingering connections, paused listeners, handshakes, header watches or
     /// announce deadlines need `runOnce` at least every 250 ms.
     public var needsTimer: Bool {
-        !closing.isEmpty || !pausedListeners.isEmpty || !handshakes.isEmpty || !headerWatch.isEmpty
+        !closing.isEmpty || !pausedListeners.isEmpty || !opening.isEmpty
             || !lingering.isEmpty || !announced.isEmpty
     }
 
@@ -325,7 +319,7 @@ public final class Reactor: @unchecked Sendable {
     /// The fd of a connection that requests may name: one announced with `megaphone_connect`. A
     /// connection still in its STARTTLS opening or handshake is unknown to Erlang, whatever it guesses.
     private func establishedFD(of connID: UInt64) -> CInt? {
-        guard let fd = table.fd(of: connID), table[fd].stage == .established else { return nil }
+        guard let fd = table.fd(of: connID), table[fd].opening == .established else { return nil }
         return fd
     }
 
@@ -452,7 +446,7 @@ public final class Reactor: @unchecked Sendable {
         logger.debug("Accepted connection", metadata: ["connection.id": "\(id)", "peer": "\(peer)"])
         switch listener.bound.transport {
         case .tcp:
-            watchHeader(id, now: now, config: config)
+            opening.watchHeader(id, now: now, config: config)
             watchAnnouncement(id, now: now, config: config)
             emit(to: config.controller, .connected(connID: id, peer: peer, local: local, transport: .tcp))
         case .tls, .starttls:
@@ -465,16 +459,16 @@ public final class Reactor: @unchecked Sendable {
                 closeConnection(fd, reason: .handshakeLimit, notify: nil)
                 return
             }
-            handshakes[id] = (monotonicMillis() + config.handshakeTimeoutMillis, peer.ip)
+            opening.handshakes[id] = (monotonicMillis() + config.handshakeTimeoutMillis, peer.ip)
             if listener.bound.transport == .starttls {
-                table[fd].stage = .startTLS
+                table[fd].opening = .startTLS(headerAnswered: false)
             } else {
                 guard let session = TLSTransport(context: context, fd: fd) else {
                     closeConnection(fd, reason: .tlsError, notify: nil)
                     return
                 }
                 table[fd].transport = .tls(session)
-                table[fd].stage = .handshake
+                table[fd].opening = .handshake
             }
         }
     }
@@ -503,7 +497,7 @@ public final class Reactor: @unchecked Sendable {
 
     // MARK: connection I/O
 
-    private func handleIO(_ fd: CInt, events: UInt32) {
+    func handleIO(_ fd: CInt, events: UInt32) {
         let id = table[fd].connID
         if events & Epoll.err != 0 {
             let err = Socket.pendingError(fd)
@@ -511,7 +505,7 @@ public final class Reactor: @unchecked Sendable {
                             notify: err == 0 ? .closed(connID: id) : .error(connID: id, reason: ErrnoName.erlang(err)))
             return
         }
-        switch table[fd].stage {
+        switch table[fd].opening {
         case .startTLS:
             if events & (Epoll.in | Epoll.rdhup | Epoll.hup) != 0 { negotiateStartTLS(fd) }
             return
@@ -591,14 +585,14 @@ public final class Reactor: @unchecked Sendable {
     private func deliver(_ fd: CInt, _ chunk: [UInt8]) {
         table[fd].flags.remove(.armed)
         distQueue.added(chunk.count)
-        if !headerWatch.isEmpty { lookForHeader(table[fd].connID, in: chunk) }
+        if !opening.headerWatch.isEmpty { opening.lookForHeader(table[fd].connID, in: chunk) }
         counters.chunksDelivered.add(1, ordering: .relaxed)
         emit(to: table[fd].owner, .data(connID: table[fd].connID, bytes: chunk))
     }
 
     /// Writes what the socket takes now and queues the rest. Past `send_queue_limit` the connection is
     /// closed and its owner told `send_queue_full`.
-    private func write(_ fd: CInt, _ bytes: [UInt8]) {
+    func write(_ fd: CInt, _ bytes: [UInt8]) {
         guard let config, !bytes.isEmpty else { return }
         let id = table[fd].connID
         var written = 0
@@ -652,44 +646,8 @@ public final class Reactor: @unchecked Sendable {
         + "<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>Too much unread data</text></stream:error>"
         + "</stream:stream>"
 
-    // MARK: stream header timeout
-
-    /// Starts the stream header clock of a connection that is being announced, if it is set.
-    private func watchHeader(_ id: UInt64, now: Int64, config: ReactorConfig) {
-        guard let timeout = config.streamHeaderTimeoutMillis else { return }
-        headerWatch[id] = (now + timeout, [])
-    }
-
-    /// Looks at bytes on their way to the owner for the end of the client's stream header. Once it
-    /// is whole (or is not a stream header at all, which ejabberd will refuse itself) the clock stops.
-    private func lookForHeader(_ id: UInt64, in chunk: [UInt8]) {
-        guard var watch = headerWatch[id] else { return }
-        watch.seen.append(contentsOf: chunk.prefix(StartTLSNegotiator.maxBytes + 1 - watch.seen.count))
-        switch StartTLSNegotiator.next(watch.seen, headerAnswered: false) {
-        case .needMore:
-            headerWatch[id] = watch
-        case .sendFeatures, .proceed, .refuse:
-            headerWatch[id] = nil
-        }
-    }
-
-    /// A connection whose header did not come in time: it gets a stream header and a
-    /// `connection-timeout` stream error (ejabberd has not answered anything yet: it answers the
-    /// client's header), then is closed and its owner told `tcp_closed`.
-    private func headerTimedOut(_ fd: CInt) {
-        let id = table[fd].connID
-        logger.debug("No stream header in time", metadata: ["connection.id": "\(id)"])
-        let error = StartTLSNegotiator.header(to: nil)
-            + "<stream:error><connection-timeout xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>"
-            + "</stream:stream>"
-        table[fd].flags.remove(.armed)
-        write(fd, Array(error.utf8))
-        guard table.contains(fd: fd), table[fd].connID == id else { return }
-        beginClose(fd, reason: .streamHeaderTimeout, notify: true)
-    }
-
     /// Writes queued output after EPOLLOUT. Returns false if the connection was closed.
-    private func flush(_ fd: CInt) -> Bool {
+    func flush(_ fd: CInt) -> Bool {
         let id = table[fd].connID
         if let queue = table[fd].outbound {
             var failure: (String, CloseReason)? = nil
@@ -728,7 +686,7 @@ public final class Reactor: @unchecked Sendable {
 
     /// Closes now if nothing is queued; otherwise stops reading and lets the queue drain, for at most
     /// `flushTimeoutMillis`.
-    private func beginClose(_ fd: CInt, reason: CloseReason, notify: Bool) {
+    func beginClose(_ fd: CInt, reason: CloseReason, notify: Bool) {
         let id = table[fd].connID
         guard let queue = table[fd].outbound, !queue.isEmpty else {
             closeConnection(fd, reason: reason, notify: notify ? .closed(connID: id) : nil)
@@ -757,9 +715,8 @@ public final class Reactor: @unchecked Sendable {
             reason = state.reason
             if !state.notify { event = nil }
         }
-        headerWatch[slot.connID] = nil
+        if let ip = opening.forget(slot.connID) { limiter.release(ip) }
         if !announced.isEmpty { announced[slot.connID] = nil }
-        if let handshake = handshakes.removeValue(forKey: slot.connID) { limiter.release(handshake.ip) }
         addresses.release(slot.address, now: monotonicMillis(), rate: config?.connectionRate)
         slot.transport.close()
         // Counted before the close, so that a client that sees the close also finds it in stats.
@@ -769,132 +726,11 @@ public final class Reactor: @unchecked Sendable {
         retire(fd, reason: reason)
         logger.debug("Closed connection", metadata: ["connection.id": "\(slot.connID)", "reason": "\(reason.name)"])
         // Nobody has heard of a connection before its megaphone_connect: nobody to tell.
-        if let event, slot.stage == .established { emit(to: recipient(of: slot), event) }
-    }
-
-    // MARK: STARTTLS and TLS handshakes
-
-    /// Reads the plaintext opening of a STARTTLS listener's connection and answers it (see
-    /// `StartTLSNegotiator`). Ends in a handshake, or a refusal and a close.
-    private func negotiateStartTLS(_ fd: CInt) {
-        readLoop: while true {
-            do {
-                switch try Socket.read(fd, into: scratch) {
-                case .processed(0):
-                    closeConnection(fd, reason: .clientClosed, notify: nil)
-                    return
-                case .processed(let n):
-                    if table[fd].inbound == nil { table[fd].inbound = ByteQueue() }
-                    table[fd].inbound?.append(UnsafeRawBufferPointer(rebasing: scratch[0..<n]))
-                    if (table[fd].inbound?.count ?? 0) > StartTLSNegotiator.maxBytes { break readLoop }
-                case .wouldBlock:
-                    break readLoop
-                }
-            } catch {
-                closeConnection(fd, reason: .clientError, notify: nil)
-                return
-            }
-        }
-        var pending = table[fd].inbound.map { $0.take(max: Swift.max($0.count, 1)) } ?? []
-        while true {
-            switch StartTLSNegotiator.next(pending, headerAnswered: table[fd].flags.contains(.headerAnswered)) {
-            case .needMore:
-                table[fd].inbound = pending.isEmpty ? nil : ByteQueue()
-                table[fd].inbound?.append(pending)
-                return
-            case .sendFeatures(let reply, let consumed):
-                guard writePlain(fd, reply) else { return }
-                table[fd].flags.insert(.headerAnswered)
-                pending.removeFirst(consumed)
-            case .proceed(let reply):
-                // Whatever the client sent after <starttls/> is dropped: it would be plaintext that
-                // ends up inside the TLS session (the STARTTLS injection attack).
-                table[fd].inbound = nil
-                guard writePlain(fd, reply) else { return }
-                guard let context = config?.tls, let session = TLSTransport(context: context, fd: fd) else {
-                    closeConnection(fd, reason: .tlsError, notify: nil)
-                    return
-                }
-                table[fd].transport = .tls(session)
-                table[fd].stage = .handshake
-                driveHandshake(fd)
-                return
-            case .refuse(let reply, let refusal):
-                _ = writePlain(fd, reply)
-                logger.debug("Refused a client before STARTTLS", metadata: ["connection.id": "\(table[fd].connID)", "refusal": "\(refusal.rawValue)"])
-                closeConnection(fd, reason: refusal == .closed ? .clientClosed : .starttlsRefused, notify: nil)
-                return
-            }
-        }
-    }
-
-    /// Writes a short plaintext reply of the STARTTLS opening. It fits an empty socket buffer; a
-    /// client that does not take it is closed. Returns false if the connection was closed.
-    private func writePlain(_ fd: CInt, _ bytes: [UInt8]) -> Bool {
-        var written = 0
-        let ok = bytes.withUnsafeBytes { all -> Bool in
-            while written < all.count {
-                guard case .processed(let n)? = try? Socket.write(fd, UnsafeRawBufferPointer(rebasing: all[written...])) else {
-                    return false
-                }
-                written += n
-            }
-            return true
-        }
-        if !ok { closeConnection(fd, reason: .clientError, notify: nil) }
-        return ok
-    }
-
-    /// Advances the TLS handshake; when it is done, the connection is announced to the controller
-    /// (`megaphone_connect` with transport `tls`) and bytes start to flow.
-    private func driveHandshake(_ fd: CInt) {
-        guard case .tls(let session) = table[fd].transport, let config else { return }
-        let id = table[fd].connID
-        switch session.handshake() {
-        case .done:
-            if let handshake = handshakes.removeValue(forKey: id) { limiter.release(handshake.ip) }
-            guard let peer = Socket.peerAddress(fd), let local = Socket.localAddress(fd) else {
-                closeConnection(fd, reason: .clientError, notify: nil)
-                return
-            }
-            table[fd].stage = .established
-            // OpenSSL may already hold application data that came with the handshake's last flight.
-            table[fd].flags.formUnion([.readable, .writable])
-            logger.debug("TLS handshake done", metadata: ["connection.id": "\(id)", "peer": "\(peer)"])
-            let now = monotonicMillis()
-            watchHeader(id, now: now, config: config)
-            watchAnnouncement(id, now: now, config: config)
-            emit(to: config.controller, .connected(connID: id, peer: peer, local: local, transport: .tls))
-        case .inProgress:
-            return
-        case .closed:
-            closeConnection(fd, reason: .clientClosed, notify: nil)
-        case .failed(let why):
-            logger.debug("TLS handshake failed", metadata: ["connection.id": "\(id)", "error": "\(why)"])
-            closeConnection(fd, reason: .tlsError, notify: nil)
-        }
+        if let event, slot.opening == .established { emit(to: recipient(of: slot), event) }
     }
 
     private func sweep(now: Int64) {
-        for (id, handshake) in handshakes where handshake.deadline <= now {
-            if let fd = table.fd(of: id) {
-                logger.debug("TLS handshake timed out", metadata: ["connection.id": "\(id)"])
-                closeConnection(fd, reason: .handshakeTimeout, notify: nil)
-            } else {
-                handshakes[id] = nil
-                limiter.release(handshake.ip)
-            }
-        }
-        for (id, watch) in headerWatch where watch.deadline <= now {
-            guard let fd = table.fd(of: id) else {
-                headerWatch[id] = nil
-                continue
-            }
-            // Not asked for data: the wait is on the owner's side, not the client's. Look again later.
-            guard table[fd].flags.contains(.armed) else { continue }
-            headerWatch[id] = nil
-            headerTimedOut(fd)
-        }
+        if !opening.isEmpty { sweepOpenings(now: now) }
         if !announced.isEmpty { sweepAnnouncements(now: now) }
         if !lingering.isEmpty { lingering.sweep(now: now) }
         for (id, state) in closing where state.deadline <= now {
