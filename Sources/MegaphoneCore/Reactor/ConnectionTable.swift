@@ -33,6 +33,8 @@ public struct ConnectionSlot {
     public var flags: Flags = []
     /// The opening stage (see `StreamOpening`): STARTTLS, handshake, or established.
     var opening: Opening = .established
+    /// The framing stage (see `Framing`); no bytes while `raw` is its only case.
+    var framing: Framing = .raw
     /// The client address's handle in `AddressLimiter` (0: not counted), given back when it closes.
     public var address: UInt32 = 0
     public var inbound: ByteQueue? = nil
