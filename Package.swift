@@ -52,7 +52,7 @@ let package = Package(
         ),
         .testTarget(
             name: "MegaphoneCoreTests",
-            dependencies: ["MegaphoneCore"],
+            dependencies: ["MegaphoneCore", "COpenSSL"],
             path: "Tests/MegaphoneCoreTests"
         ),
     ],

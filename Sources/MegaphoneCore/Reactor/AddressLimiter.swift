@@ -1,16 +1,3 @@
-
-/// `connection_rate_per_ip`: a token bucket per client address, `count` tokens refilled evenly over
-/// `periodMillis`; every connection attempt takes one.
-public struct ConnectionRate: Equatable, Sendable {
-    public var count: Int
-    public var periodMillis: Int
-
-    public init(count: Int, periodMillis: Int) {
-        self.count = count
-        self.periodMillis = periodMillis
-    }
-}
-
 /// Open connections and recent connection attempts per client address, across all reactors:
 /// `max_connections_per_ip` and `connection_rate_per_ip`.
 ///

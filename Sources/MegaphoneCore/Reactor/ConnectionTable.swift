@@ -17,20 +17,8 @@ public struct ConnectionSlot {
         public static let peerClosed = Flags(rawValue: 1 << 3)
         /// Close requested: flushing `outbound`, then the fd closes.
         public static let closing = Flags(rawValue: 1 << 4)
-        /// STARTTLS listener: the client's stream header has been answered.
-        public static let headerAnswered = Flags(rawValue: 1 << 5)
         /// Half-closed and drained: the owner has been told `tcp_closed`; only output flows now.
         public static let eofNotified = Flags(rawValue: 1 << 6)
-    }
-
-    /// How far a connection is from being handed to its controller.
-    public enum Stage: UInt8, Sendable {
-        /// Announced with `megaphone_connect`; bytes flow.
-        case established
-        /// STARTTLS listener: plaintext stream header and `<starttls/>`, answered by Megaphone.
-        case startTLS
-        /// TLS handshake in progress.
-        case handshake
     }
 
     /// 0 while the slot is free.
@@ -43,13 +31,17 @@ public struct ConnectionSlot {
     /// leave room for `address` in what was padding, so the slot stays 56 bytes.
     public var generation: UInt16 = 0
     public var flags: Flags = []
-    public var stage: Stage = .established
+    /// The opening stage (see `StreamOpening`): STARTTLS, handshake, or established.
+    var opening: Opening = .established
+    /// The framing stage (see `Framing`); no bytes while `raw` is its only case.
+    var framing: Framing = .raw
     /// The client address's handle in `AddressLimiter` (0: not counted), given back when it closes.
     public var address: UInt32 = 0
     public var inbound: ByteQueue? = nil
     public var outbound: ByteQueue? = nil
-    /// The connection's `SSL *` on TLS listeners, owned by the reactor (freed when it closes).
-    public var tls: OpaquePointer? = nil
+    /// How bytes cross the socket: plain, or the connection's TLS session (owned by the reactor, freed
+    /// when it closes). One pointer wide.
+    var transport: SocketTransport = .plain
 
     public var isFree: Bool { connID == 0 }
 }

@@ -16,7 +16,7 @@ extension Reactor {
               table[fd].inbound?.isEmpty ?? true else { return }
         // Decrypted bytes OpenSSL holds, or unread bytes in the kernel (for TLS maybe only the
         // close_notify alert): a read on the next get_data finds them, and the EOF after them.
-        if let ssl = table[fd].tls, TLSSession.pending(ssl) > 0 { return }
+        if table[fd].transport.holdsInput { return }
         do {
             guard case .processed(0) = try Socket.peek(fd) else { return }
             clientFinished(fd)
@@ -33,7 +33,7 @@ extension Reactor {
         table[fd].flags.insert(.eofNotified)
         table[fd].flags.remove([.armed, .readable])
         // No stream header will come now; the owner ends the stream.
-        headerWatch[id] = nil
+        opening.headerWatch[id] = nil
         emit(to: recipient(of: table[fd]), .closed(connID: id))
         // Without `.closing`: output still flows. A `close` replaces this with a flush deadline.
         if closing[id] == nil {

@@ -11,6 +11,13 @@ import Glibc
 /// distribution thread. Every connection belongs to the reactor that accepted it; its ConnId carries
 /// that reactor's index in the low 8 bits.
 ///
+/// The loop moves bytes along a connection's stages, each in its own file, each keeping its
+/// per-connection state as a value in the slot (`ConnectionSlot`) and its per-reactor state here:
+/// accept (`Acceptor.swift`) → transport (`SocketTransport.swift`, `TLS/TLSTransport.swift`) →
+/// opening (`StreamOpening.swift`) → framing (`Framing.swift`) → the link (`Outbox.swift`); reading
+/// and flow control in `Reactor+Input.swift`, writing and the send queue in `Reactor+Output.swift`,
+/// the way out in `Closing.swift` (and `Reactor+HalfClose`, `+Lingering`, `+AnnounceDeadline`).
+///
 /// Threading: `commands` may be posted to from any thread. Everything else is touched only by the
 /// reactor's own thread inside `run()`; that is why the class is `@unchecked Sendable`.
 ///
@@ -26,24 +33,18 @@ public final class Reactor: @unchecked Sendable {
     /// Every reactor of the process, this one included. Set once, before any reactor runs.
     public nonisolated(unsafe) var siblings: [Reactor] = []
     private let output: Mailbox<ReactorOutput>
-    private let counters: Counters
-    private let limiter: HandshakeLimiter
-    private let addresses: AddressLimiter
+    let counters: Counters
+    let limiter: HandshakeLimiter
+    let addresses: AddressLimiter
     let logger: Logger
 
     let epfd: CInt
     var table = ConnectionTable()
     var config: ReactorConfig?
-    private var listeners: [CInt: Listener] = [:]
-    /// Listeners taken out of epoll after EMFILE with no reserve fd left, and when to put them back.
-    private var pausedListeners: [(listener: Listener, until: Int64)] = []
-    /// Closed and reopened around an accept when the process is out of fds, so that the pending
-    /// connection can be taken off the queue and closed instead of waking us again at once.
-    private var reserveFD: CInt
-    private var lastEMFILELog: Int64 = 0
+    /// The accept stage's state: listeners, paused listeners, the reserve fd.
+    var acceptor = Acceptor()
     /// Per-thread read buffer; bytes stay in a connection only while they are pending.
     var scratch: UnsafeMutableRawBufferPointer
-    private var nextSequence: UInt64 = 1
     /// Connections on their way out: flushing before a close (`.closing` set), or half-closed by the
     /// client and waiting for their owner's `close` (see `Reactor+HalfClose.swift`).
     var closing: [UInt64: Closing] = [:]
@@ -52,38 +53,24 @@ public final class Reactor: @unchecked Sendable {
     /// Connections announced with `megaphone_connect` and never asked for data yet, and when they are
     /// given up on (`announce_timeout`; see `Reactor+AnnounceDeadline.swift`).
     var announced: [UInt64: Int64] = [:]
-    /// Connections not yet handed over (STARTTLS opening or TLS handshake): their deadline and the
-    /// client IP whose handshake slot they hold.
-    private var handshakes: [UInt64: (deadline: Int64, ip: IPAddress)] = [:]
-    /// Announced connections whose stream header has not been seen whole yet (only while
-    /// `stream_header_timeout` is set): the deadline and the bytes so far (at most
-    /// `StartTLSNegotiator.maxBytes`). An entry lives from the announcement to the header, normally a
-    /// round trip.
-    var headerWatch: [UInt64: (deadline: Int64, seen: [UInt8])] = [:]
-    private var outbox: [ReactorOutput] = []
+    /// The opening stage's clocks: handshake deadlines and stream header watches.
+    var opening = StreamOpening()
+    /// What this turn has for the distribution thread.
+    var outbox = Outbox()
     /// `send_data` bytes of the current command batch, by ConnId, and the order they came in.
-    private var coalesced: [UInt64: [UInt8]] = [:]
-    private var coalescedOrder: [UInt64] = []
+    var coalesced: [UInt64: [UInt8]] = [:]
+    var coalescedOrder: [UInt64] = []
     /// Armed connections left unread while the distribution queue was full, until `.resumeReads`.
-    private var starved: Set<UInt64> = []
+    var starved: Set<UInt64> = []
     let distQueue: DistQueue
     /// put_data and send_data bytes the distribution thread posted to this reactor (and its siblings).
     let requests: DistQueue
-    private var shuttingDown = false
+    var shuttingDown = false
     private var running = true
     private let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: 256)
 
-    struct Closing {
-        var deadline: Int64
-        var reason: CloseReason
-        var notify: Bool
-    }
-
     /// The most reactors a process can have: the index lives in 8 bits of the ConnId.
     public static let maxReactors = 256
-
-    /// The most `send_data` bytes held for one connection within a command batch.
-    static let coalesceLimit = 64 * 1024
 
     /// Which reactor owns a connection.
     public static func reactorIndex(of connID: UInt64) -> Int { Int(connID & 0xFF) }
@@ -107,7 +94,6 @@ public final class Reactor: @unchecked Sendable {
         self.logger = logger
         commands = try Mailbox(signalling: !inline)
         epfd = try Epoll.epoll_create()
-        reserveFD = Glibc.open("/dev/null", O_RDONLY | O_CLOEXEC)
         scratch = .allocate(byteCount: 64 * 1024, alignment: 16)
         try Epoll.add(epfd: epfd, fd: commands.wakeup.fd, events: Epoll.in, data: Token.wake)
     }
@@ -115,7 +101,7 @@ public final class Reactor: @unchecked Sendable {
     deinit {
         events.deallocate()
         closeFD(epfd)
-        if reserveFD >= 0 { closeFD(reserveFD) }
+        acceptor.closeReserve()
         scratch.deallocate()
     }
 
@@ -155,7 +141,7 @@ public final class Reactor: @unchecked Sendable {
     /// Whether closing or lingering connections, paused listeners, handshakes, header watches or
     /// announce deadlines need `runOnce` at least every 250 ms.
     public var needsTimer: Bool {
-        !closing.isEmpty || !pausedListeners.isEmpty || !handshakes.isEmpty || !headerWatch.isEmpty
+        !closing.isEmpty || !acceptor.paused.isEmpty || !opening.isEmpty
             || !lingering.isEmpty || !announced.isEmpty
     }
 
@@ -184,7 +170,7 @@ public final class Reactor: @unchecked Sendable {
             case 0:
                 handleCommands()
             case 1:
-                if let listener = listeners[Token.fd(data)] { accept(from: listener) }
+                if let listener = acceptor.listeners[Token.fd(data)] { accept(from: listener) }
             case 3:
                 lingering.drain(Token.fd(data), scratch: scratch)
             case _:
@@ -200,15 +186,11 @@ public final class Reactor: @unchecked Sendable {
             // Not waited for: their clients have had everything we had for them.
             lingering.closeAll()
         }
-        if !outbox.isEmpty {
-            output.post(contentsOf: outbox)
-            outbox.removeAll(keepingCapacity: true)
-        }
+        outbox.post(to: output)
     }
 
     func emit(to pid: PidRef, _ event: Event) {
-        guard !pid.isNone else { return }
-        outbox.append(.send(to: pid, event))
+        outbox.emit(to: pid, event)
     }
 
     /// Where a connection's notifications go: its owner, else the controller.
@@ -228,21 +210,9 @@ public final class Reactor: @unchecked Sendable {
                     scratch = .allocate(byteCount: newConfig.maxChunk, alignment: 16)
                 }
             case .addListener(let listener):
-                guard !shuttingDown, listeners[listener.fd] == nil else { continue }
-                do {
-                    try Epoll.add(epfd: epfd, fd: listener.fd, events: Epoll.in | Epoll.exclusive,
-                                  data: Token.listener(listener.fd))
-                    listeners[listener.fd] = listener
-                } catch {
-                    logger.error("Cannot watch listener", metadata: ["listener": "\(listener.bound)", "error": "\(error)"])
-                }
+                addListener(listener)
             case .adopt(let fd, let listener):
-                guard let config, !shuttingDown else {
-                    load.subtract(1, ordering: .relaxed)
-                    closeFD(fd)
-                    continue
-                }
-                admit(fd, from: listener, config: config)
+                adopt(fd, from: listener)
             case .removeListener(let listener):
                 removeListener(listener)
             case .getData(let owner, let id):
@@ -252,37 +222,11 @@ public final class Reactor: @unchecked Sendable {
                 putData(replyTo: replyTo, connID: id, bytes: bytes)
             case .sendData(let id, let bytes):
                 requests.taken(bytes.count)
-                // Held to the end of the batch: a session's stanzas that came in one distribution
-                // read leave in one write() (for TLS, one record). Past `coalesceLimit` what is held
-                // goes first, so a flood meets the send queue limit (and its cheap drop) at once.
-                guard let fd = establishedFD(of: id) else {
-                    counters.unknownConnection.add(1, ordering: .relaxed)
-                    continue
-                }
-                guard !table[fd].flags.contains(.closing) else { continue }
-                if let held = coalesced[id]?.count, held + bytes.count <= Self.coalesceLimit {
-                    coalesced[id]?.append(contentsOf: bytes)
-                } else {
-                    sendCoalesced(id)
-                    coalesced[id] = bytes
-                    coalescedOrder.append(id)
-                }
+                sendData(connID: id, bytes: bytes)
             case .close(let id):
-                sendCoalesced(id)
-                guard let fd = establishedFD(of: id) else {
-                    counters.unknownConnection.add(1, ordering: .relaxed)
-                    continue
-                }
-                // Already closing (send queue full, header timeout): that close stands.
-                guard !table[fd].flags.contains(.closing) else { continue }
-                beginClose(fd, reason: .requested, notify: false)
+                close(connID: id)
             case .resumeReads:
-                let ids = starved
-                starved.removeAll(keepingCapacity: true)
-                for id in ids {
-                    guard let fd = establishedFD(of: id), table[fd].flags.contains(.armed) else { continue }
-                    serve(fd)
-                }
+                resumeReads()
             case .nodeDown(let node):
                 sendAllCoalesced()
                 for fd in table.liveFDs where recipient(of: table[fd]).node == node {
@@ -291,219 +235,23 @@ public final class Reactor: @unchecked Sendable {
             case .shutdown:
                 sendAllCoalesced()
                 shuttingDown = true
-                for listener in Array(listeners.values) { removeListener(listener) }
-                pausedListeners.removeAll()
+                stopAccepting()
                 for fd in table.liveFDs { beginClose(fd, reason: .shutdown, notify: true) }
             }
         }
         sendAllCoalesced()
     }
 
-    /// `send_data` held by `handleCommands` for one connection, written now.
-    private func sendCoalesced(_ id: UInt64) {
-        guard let bytes = coalesced.removeValue(forKey: id) else { return }
-        guard let fd = establishedFD(of: id) else {
-            counters.unknownConnection.add(1, ordering: .relaxed)
-            return
-        }
-        guard !table[fd].flags.contains(.closing) else { return }
-        write(fd, bytes)
-    }
-
-    private func sendAllCoalesced() {
-        for id in coalescedOrder { sendCoalesced(id) }
-        coalescedOrder.removeAll(keepingCapacity: true)
-    }
-
-    private func removeListener(_ listener: Listener) {
-        if listeners.removeValue(forKey: listener.fd) != nil {
-            Epoll.delete(epfd: epfd, fd: listener.fd)
-        }
-        pausedListeners.removeAll { $0.listener === listener }
-    }
-
     /// The fd of a connection that requests may name: one announced with `megaphone_connect`. A
     /// connection still in its STARTTLS opening or handshake is unknown to Erlang, whatever it guesses.
-    private func establishedFD(of connID: UInt64) -> CInt? {
-        guard let fd = table.fd(of: connID), table[fd].stage == .established else { return nil }
+    func establishedFD(of connID: UInt64) -> CInt? {
+        guard let fd = table.fd(of: connID), table[fd].opening == .established else { return nil }
         return fd
-    }
-
-    private func getData(owner: PidRef, connID: UInt64) {
-        guard let fd = establishedFD(of: connID) else {
-            emit(to: owner, .requestError(tag: .connID(connID), reason: .unknownConnection))
-            return
-        }
-        guard !table[fd].flags.contains(.closing) else { return }
-        if !announced.isEmpty { announced[connID] = nil }
-        table[fd].owner = owner
-        table[fd].flags.insert(.armed)
-        serve(fd)
-    }
-
-    private func putData(replyTo: PidRef?, connID: UInt64, bytes: [UInt8]) {
-        guard let fd = establishedFD(of: connID), let config else {
-            if let replyTo { emit(to: replyTo, .requestError(tag: .connID(connID), reason: .unknownConnection)) }
-            return
-        }
-        let pending = table[fd].inbound?.count ?? 0
-        guard bytes.count <= config.inputBufferLimit - pending else {
-            if let replyTo { emit(to: replyTo, .requestError(tag: .connID(connID), reason: .inputBufferFull)) }
-            return
-        }
-        guard !bytes.isEmpty else { return }
-        if table[fd].inbound == nil { table[fd].inbound = ByteQueue() }
-        table[fd].inbound?.append(bytes)
-        if table[fd].flags.contains(.armed) { serve(fd) }
-    }
-
-    // MARK: accepting
-
-    private func accept(from listener: Listener) {
-        guard let config, !shuttingDown else { return }
-        // Bounded, so that a connection storm cannot starve the clients already connected.
-        for _ in 0..<64 {
-            let fd: CInt
-            do {
-                switch try Socket.accept(listener.fd) {
-                case .wouldBlock: return
-                case .processed(let newFD): fd = newFD
-                }
-            } catch {
-                switch error.errno {
-                case EMFILE, ENFILE:
-                    shedConnection(from: listener)
-                    return
-                case ECONNABORTED, EPROTO, EPERM:
-                    continue
-                default:
-                    logger.error("accept failed", metadata: ["listener": "\(listener.bound)", "error": "\(error)"])
-                    return
-                }
-            }
-            // All reactors accept from the same listener, and one of them tends to win every wake-up
-            // (seen: 14,591 of 15,000 connections on one of two reactors). Hand the connection to the
-            // reactor that holds the fewest, so that busy clients spread over the cores.
-            let target = siblings.min { $0.load.load(ordering: .relaxed) < $1.load.load(ordering: .relaxed) } ?? self
-            let mine = load.load(ordering: .relaxed)
-            if target !== self && target.load.load(ordering: .relaxed) < mine {
-                target.load.add(1, ordering: .relaxed)
-                target.commands.post(.adopt(fd: fd, listener: listener))
-            } else {
-                load.add(1, ordering: .relaxed)
-                admit(fd, from: listener, config: config)
-            }
-        }
-    }
-
-    /// Takes an accepted fd into this reactor. `load` already counts it.
-    private func admit(_ fd: CInt, from listener: Listener, config: ReactorConfig) {
-        let total = counters.connections.add(1, ordering: .relaxed).newValue
-        guard total <= config.maxConnections else {
-            // Counted before the close, so that whoever sees the close also sees it counted.
-            counters.connections.subtract(1, ordering: .relaxed)
-            load.subtract(1, ordering: .relaxed)
-            counters.closed(.maxConnections)
-            closeFD(fd)
-            logger.debug("Refused connection: max_connections reached", metadata: ["max_connections": "\(config.maxConnections)"])
-            return
-        }
-        try? Socket.setOption(fd, CInt(IPPROTO_TCP), TCP_NODELAY, 1)
-        guard let peer = Socket.peerAddress(fd), let local = Socket.localAddress(fd) else {
-            // The client went away between accept and getpeername.
-            counters.connections.subtract(1, ordering: .relaxed)
-            load.subtract(1, ordering: .relaxed)
-            closeFD(fd)
-            counters.closed(.clientError)
-            return
-        }
-        let now = monotonicMillis()
-        let address: UInt32
-        switch addresses.admit(peer.ip, now: now, maxPerIP: config.maxConnectionsPerIP, rate: config.connectionRate) {
-        case .admitted(let handle):
-            address = handle
-        case .refused(let refusal):
-            let reason: CloseReason = refusal == .tooMany ? .maxConnectionsPerIP : .connectionRate
-            counters.connections.subtract(1, ordering: .relaxed)
-            load.subtract(1, ordering: .relaxed)
-            counters.closed(reason)
-            closeFD(fd)
-            logger.debug("Refused connection: per-address limit", metadata: ["peer": "\(peer)", "reason": "\(reason.name)"])
-            return
-        }
-        let id = nextSequence << 8 | UInt64(index)
-        nextSequence += 1
-        let generation = table.insert(fd: fd, connID: id)
-        table[fd].address = address
-        do {
-            try Epoll.add(epfd: epfd, fd: fd, events: Epoll.in | Epoll.out | Epoll.rdhup | Epoll.edgeTriggered,
-                          data: Token.connection(fd, generation))
-        } catch {
-            table.remove(fd: fd)
-            addresses.release(address, now: now, rate: config.connectionRate)
-            counters.connections.subtract(1, ordering: .relaxed)
-            load.subtract(1, ordering: .relaxed)
-            closeFD(fd)
-            counters.closed(.clientError)
-            logger.warning("Cannot watch client socket", metadata: ["error": "\(error)"])
-            return
-        }
-        counters.accepted.add(1, ordering: .relaxed)
-        logger.debug("Accepted connection", metadata: ["connection.id": "\(id)", "peer": "\(peer)"])
-        switch listener.bound.transport {
-        case .tcp:
-            watchHeader(id, now: now, config: config)
-            watchAnnouncement(id, now: now, config: config)
-            emit(to: config.controller, .connected(connID: id, peer: peer, local: local, transport: .tcp))
-        case .tls, .starttls:
-            guard let context = config.tls else {
-                closeConnection(fd, reason: .tlsError, notify: nil)
-                return
-            }
-            guard limiter.acquire(peer.ip, max: config.maxHandshakesPerIP) else {
-                logger.debug("Refused connection: too many handshakes from its address", metadata: ["peer": "\(peer)"])
-                closeConnection(fd, reason: .handshakeLimit, notify: nil)
-                return
-            }
-            handshakes[id] = (monotonicMillis() + config.handshakeTimeoutMillis, peer.ip)
-            if listener.bound.transport == .starttls {
-                table[fd].stage = .startTLS
-            } else {
-                guard let ssl = context.makeSession(fd: fd) else {
-                    closeConnection(fd, reason: .tlsError, notify: nil)
-                    return
-                }
-                table[fd].tls = ssl
-                table[fd].stage = .handshake
-            }
-        }
-    }
-
-    /// Out of fds: take one pending connection off the queue and close it, using the reserve fd, so the
-    /// level-triggered listener does not wake us again for the same client. Without a reserve, stop
-    /// watching the listener for a second instead of spinning.
-    private func shedConnection(from listener: Listener) {
-        let now = monotonicMillis()
-        if now - lastEMFILELog > 1_000 {
-            lastEMFILELog = now
-            logger.warning("Out of file descriptors: refusing new connections", metadata: ["listener": "\(listener.bound)"])
-        }
-        if reserveFD >= 0 {
-            closeFD(reserveFD)
-            if case .processed(let fd)? = try? Socket.accept(listener.fd) {
-                counters.closed(.emfile)
-                closeFD(fd)
-            }
-            reserveFD = Glibc.open("/dev/null", O_RDONLY | O_CLOEXEC)
-            if reserveFD >= 0 { return }
-        }
-        Epoll.delete(epfd: epfd, fd: listener.fd)
-        pausedListeners.append((listener, now + 1_000))
     }
 
     // MARK: connection I/O
 
-    private func handleIO(_ fd: CInt, events: UInt32) {
+    func handleIO(_ fd: CInt, events: UInt32) {
         let id = table[fd].connID
         if events & Epoll.err != 0 {
             let err = Socket.pendingError(fd)
@@ -511,7 +259,7 @@ public final class Reactor: @unchecked Sendable {
                             notify: err == 0 ? .closed(connID: id) : .error(connID: id, reason: ErrnoName.erlang(err)))
             return
         }
-        switch table[fd].stage {
+        switch table[fd].opening {
         case .startTLS:
             if events & (Epoll.in | Epoll.rdhup | Epoll.hup) != 0 { negotiateStartTLS(fd) }
             return
@@ -522,8 +270,7 @@ public final class Reactor: @unchecked Sendable {
             break
         }
         if events & Epoll.in != 0 { table[fd].flags.insert(.readable) }
-        // With TLS a blocked write can wait for readability too (OpenSSL may need to read first).
-        if events & Epoll.out != 0 || (table[fd].tls != nil && table[fd].outbound != nil) {
+        if events & Epoll.out != 0 || (table[fd].transport.writeMayWaitForRead && table[fd].outbound != nil) {
             if events & Epoll.out != 0 { table[fd].flags.insert(.writable) }
             guard flush(fd) else { return }
         }
@@ -539,449 +286,11 @@ public final class Reactor: @unchecked Sendable {
         }
     }
 
-    /// Delivers one chunk to the owner of an armed connection, from pending input first, else from
-    /// the socket. Disarms once a chunk is sent.
-    func serve(_ fd: CInt) {
-        guard let config else { return }
-        let id = table[fd].connID
-        if let inbound = table[fd].inbound, !inbound.isEmpty {
-            let chunk = inbound.take(max: config.maxChunk)
-            if inbound.isEmpty { table[fd].inbound = nil }
-            deliver(fd, chunk)
-            if table[fd].inbound == nil && table[fd].flags.contains(.peerClosed) { finishIfDrained(fd) }
-            return
-        }
-        // Everything the client sent has been delivered, and the owner told.
-        guard !table[fd].flags.contains(.eofNotified) else { return }
-        guard table[fd].flags.contains(.readable) else { return }
-        guard distQueue.mayRead() else {
-            starved.insert(id)
-            return
-        }
-        let buffer = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<config.maxChunk])
-        // One read() returns all the socket holds, but SSL_read returns one TLS record: fill the chunk
-        // from as many records as are there, so that a TLS client's bytes reach ejabberd in chunks as
-        // large as a plain client's (bench/run-tls saw ~285-byte chunks, 4x the plain count).
-        var filled = 0
-        var eof = false
-        var ended: (CloseReason, Event)? = nil
-        fill: while filled < buffer.count {
-            switch readSome(fd, into: UnsafeMutableRawBufferPointer(rebasing: buffer[filled...])) {
-            case .data(let n):
-                filled += n
-                guard table[fd].tls == nil else { continue fill }
-                // A half-closed client's socket stays readable until its EOF is read: read on, so that
-                // tcp_closed follows the last chunk at once.
-                if table[fd].flags.contains(.peerClosed) { continue fill }
-                // A short read emptied the socket. Edge-triggered epoll reports every later arrival,
-                // so the next get_data waits for EPOLLIN instead of spending a read() on EAGAIN.
-                if filled < buffer.count { table[fd].flags.remove(.readable) }
-                break fill
-            case .wouldBlock:
-                table[fd].flags.remove(.readable)
-                break fill
-            case .eof:
-                eof = true
-                break fill
-            case .failed(let reason, let closeReason):
-                ended = (closeReason, .error(connID: id, reason: reason))
-                break fill
-            }
-        }
-        if filled > 0 {
-            counters.bytesIn.add(filled, ordering: .relaxed)
-            deliver(fd, Array(UnsafeRawBufferPointer(rebasing: buffer[0..<filled])))
-        }
-        // The client has sent everything: tcp_closed follows the last chunk at once. Our side stays
-        // open for what the owner sends back.
-        if eof {
-            clientFinished(fd)
-        } else if let (reason, event) = ended {
-            closeConnection(fd, reason: reason, notify: event)
-        } else if table[fd].flags.contains(.peerClosed) {
-            // A chunk that filled up just before the EOF: tcp_closed follows it all the same.
-            finishIfDrained(fd)
-        }
-    }
-
-    private enum ReadOutcome {
-        case data(Int)
-        case eof
-        case wouldBlock
-        case failed(reason: String, CloseReason)
-    }
-
-    /// One read from the client: through OpenSSL on TLS connections, from the socket otherwise.
-    private func readSome(_ fd: CInt, into buffer: UnsafeMutableRawBufferPointer) -> ReadOutcome {
-        if let ssl = table[fd].tls {
-            switch TLSSession.read(ssl, into: buffer) {
-            case .done(let n): return .data(n)
-            case .wantRead, .wantWrite: return .wouldBlock
-            case .closed: return .eof
-            case .failed(let why):
-                logger.debug("TLS read failed", metadata: ["connection.id": "\(table[fd].connID)", "error": "\(why)"])
-                return .failed(reason: "tls_error", .tlsError)
-            }
-        }
-        do {
-            switch try Socket.read(fd, into: buffer) {
-            case .processed(0): return .eof
-            case .processed(let n): return .data(n)
-            case .wouldBlock: return .wouldBlock
-            }
-        } catch {
-            return .failed(reason: error.erlangName, .clientError)
-        }
-    }
-
-    private enum WriteOutcome {
-        case wrote(Int)
-        case wouldBlock
-        case failed(reason: String, CloseReason)
-    }
-
-    /// One write to the client: through OpenSSL on TLS connections, to the socket otherwise.
-    private func writeSome(_ fd: CInt, _ bytes: UnsafeRawBufferPointer) -> WriteOutcome {
-        if let ssl = table[fd].tls {
-            switch TLSSession.write(ssl, bytes) {
-            case .done(let n): return .wrote(n)
-            case .wantRead, .wantWrite: return .wouldBlock
-            case .closed: return .failed(reason: "closed", .clientClosed)
-            case .failed: return .failed(reason: "tls_error", .tlsError)
-            }
-        }
-        do {
-            switch try Socket.write(fd, bytes) {
-            case .processed(let n): return .wrote(n)
-            case .wouldBlock: return .wouldBlock
-            }
-        } catch {
-            return .failed(reason: error.erlangName, .clientError)
-        }
-    }
-
-    private func deliver(_ fd: CInt, _ chunk: [UInt8]) {
-        table[fd].flags.remove(.armed)
-        distQueue.added(chunk.count)
-        if !headerWatch.isEmpty { lookForHeader(table[fd].connID, in: chunk) }
-        counters.chunksDelivered.add(1, ordering: .relaxed)
-        emit(to: table[fd].owner, .data(connID: table[fd].connID, bytes: chunk))
-    }
-
-    /// Writes what the socket takes now and queues the rest. Past `send_queue_limit` the connection is
-    /// closed and its owner told `send_queue_full`.
-    private func write(_ fd: CInt, _ bytes: [UInt8]) {
-        guard let config, !bytes.isEmpty else { return }
-        let id = table[fd].connID
-        var written = 0
-        if table[fd].outbound == nil && table[fd].flags.contains(.writable) {
-            var failure: (String, CloseReason)? = nil
-            bytes.withUnsafeBytes { all in
-                while written < all.count {
-                    switch writeSome(fd, UnsafeRawBufferPointer(rebasing: all[written...])) {
-                    case .wrote(let n): written += n
-                    case .wouldBlock: return
-                    case .failed(let reason, let closeReason):
-                        failure = (reason, closeReason)
-                        return
-                    }
-                }
-            }
-            counters.bytesOut.add(written, ordering: .relaxed)
-            if let (reason, closeReason) = failure {
-                closeConnection(fd, reason: closeReason, notify: .error(connID: id, reason: reason))
-                return
-            }
-            if written < bytes.count { table[fd].flags.remove(.writable) }
-        }
-        guard written < bytes.count else { return }
-        let queue = table[fd].outbound ?? ByteQueue()
-        table[fd].outbound = queue
-        guard queue.count + (bytes.count - written) <= config.sendQueueLimit else {
-            overflow(fd, queue: queue)
-            return
-        }
-        queue.append(written == 0 ? bytes : Array(bytes[written...]))
-    }
-
-    /// The client does not take its output fast enough: the send queue would pass `send_queue_limit`.
-    /// The data that does not fit is dropped, an XMPP stream error is queued after what is already
-    /// there, the owner is told `send_queue_full` at once (so that the session ends and stops sending),
-    /// and the connection closes once the queue drains or after `flushTimeoutMillis`, whichever comes
-    /// first. Memory stays at `send_queue_limit` plus the error. The queue holds whole `send_data`
-    /// payloads (ejabberd sends whole elements), so the error follows a complete element.
-    private func overflow(_ fd: CInt, queue: ByteQueue) {
-        let id = table[fd].connID
-        logger.debug("Send queue full", metadata: ["connection.id": "\(id)", "queued": "\(queue.count)"])
-        queue.append(Array(Self.sendQueueFullError.utf8))
-        emit(to: recipient(of: table[fd]), .error(connID: id, reason: "send_queue_full"))
-        beginClose(fd, reason: .sendQueueFull, notify: false)
-    }
-
-    /// What a client whose send queue overflowed reads last (RFC 6120 §4.9.3.15).
-    static let sendQueueFullError =
-        "<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
-        + "<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>Too much unread data</text></stream:error>"
-        + "</stream:stream>"
-
-    // MARK: stream header timeout
-
-    /// Starts the stream header clock of a connection that is being announced, if it is set.
-    private func watchHeader(_ id: UInt64, now: Int64, config: ReactorConfig) {
-        guard let timeout = config.streamHeaderTimeoutMillis else { return }
-        headerWatch[id] = (now + timeout, [])
-    }
-
-    /// Looks at bytes on their way to the owner for the end of the client's stream header. Once it
-    /// is whole (or is not a stream header at all, which ejabberd will refuse itself) the clock stops.
-    private func lookForHeader(_ id: UInt64, in chunk: [UInt8]) {
-        guard var watch = headerWatch[id] else { return }
-        watch.seen.append(contentsOf: chunk.prefix(StartTLSNegotiator.maxBytes + 1 - watch.seen.count))
-        switch StartTLSNegotiator.next(watch.seen, headerAnswered: false) {
-        case .needMore:
-            headerWatch[id] = watch
-        case .sendFeatures, .proceed, .refuse:
-            headerWatch[id] = nil
-        }
-    }
-
-    /// A connection whose header did not come in time: it gets a stream header and a
-    /// `connection-timeout` stream error (ejabberd has not answered anything yet: it answers the
-    /// client's header), then is closed and its owner told `tcp_closed`.
-    private func headerTimedOut(_ fd: CInt) {
-        let id = table[fd].connID
-        logger.debug("No stream header in time", metadata: ["connection.id": "\(id)"])
-        let error = StartTLSNegotiator.header(to: nil)
-            + "<stream:error><connection-timeout xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>"
-            + "</stream:stream>"
-        table[fd].flags.remove(.armed)
-        write(fd, Array(error.utf8))
-        guard table.contains(fd: fd), table[fd].connID == id else { return }
-        beginClose(fd, reason: .streamHeaderTimeout, notify: true)
-    }
-
-    /// Writes queued output after EPOLLOUT. Returns false if the connection was closed.
-    private func flush(_ fd: CInt) -> Bool {
-        let id = table[fd].connID
-        if let queue = table[fd].outbound {
-            var failure: (String, CloseReason)? = nil
-            var blocked = false
-            while !queue.isEmpty && !blocked && failure == nil {
-                queue.withFront { front in
-                    switch writeSome(fd, front) {
-                    case .wrote(let n):
-                        counters.bytesOut.add(n, ordering: .relaxed)
-                        return n
-                    case .wouldBlock:
-                        blocked = true
-                        return 0
-                    case .failed(let reason, let closeReason):
-                        failure = (reason, closeReason)
-                        return 0
-                    }
-                }
-            }
-            if let (reason, closeReason) = failure {
-                closeConnection(fd, reason: closeReason, notify: .error(connID: id, reason: reason))
-                return false
-            }
-            if blocked {
-                table[fd].flags.remove(.writable)
-                return true
-            }
-            table[fd].outbound = nil
-        }
-        if table[fd].flags.contains(.closing), let state = closing[id] {
-            closeConnection(fd, reason: state.reason, notify: state.notify ? .closed(connID: id) : nil)
-            return false
-        }
-        return true
-    }
-
-    /// Closes now if nothing is queued; otherwise stops reading and lets the queue drain, for at most
-    /// `flushTimeoutMillis`.
-    private func beginClose(_ fd: CInt, reason: CloseReason, notify: Bool) {
-        let id = table[fd].connID
-        guard let queue = table[fd].outbound, !queue.isEmpty else {
-            closeConnection(fd, reason: reason, notify: notify ? .closed(connID: id) : nil)
-            return
-        }
-        table[fd].flags.insert(.closing)
-        table[fd].flags.remove(.armed)
-        let timeout = config?.flushTimeoutMillis ?? 5_000
-        closing[id] = Closing(deadline: monotonicMillis() + timeout, reason: reason, notify: notify)
-    }
-
-    func closeConnection(_ fd: CInt, reason: CloseReason, notify event: Event?) {
-        guard let slot = table.remove(fd: fd) else { return }
-        var reason = reason
-        var event = event
-        // A client that half-closed ended its connection, whoever closes the rest of it; its owner
-        // has heard `tcp_closed` already and hears nothing more.
-        if slot.flags.contains(.eofNotified) {
-            event = nil
-            if [.requested, .flushTimeout, .shutdown, .nodeDown].contains(reason) { reason = .clientClosed }
-        }
-        // A limit's close that ends early (the client hangs up or resets while its stream error is
-        // flushed) still counts as that limit, and tells the owner nothing more than it was told.
-        if let state = closing.removeValue(forKey: slot.connID),
-           state.reason == .sendQueueFull || state.reason == .streamHeaderTimeout {
-            reason = state.reason
-            if !state.notify { event = nil }
-        }
-        headerWatch[slot.connID] = nil
-        if !announced.isEmpty { announced[slot.connID] = nil }
-        if let handshake = handshakes.removeValue(forKey: slot.connID) { limiter.release(handshake.ip) }
-        addresses.release(slot.address, now: monotonicMillis(), rate: config?.connectionRate)
-        if let ssl = slot.tls { TLSSession.close(ssl) }
-        // Counted before the close, so that a client that sees the close also finds it in stats.
-        counters.connections.subtract(1, ordering: .relaxed)
-        load.subtract(1, ordering: .relaxed)
-        counters.closed(reason)
-        retire(fd, reason: reason)
-        logger.debug("Closed connection", metadata: ["connection.id": "\(slot.connID)", "reason": "\(reason.name)"])
-        // Nobody has heard of a connection before its megaphone_connect: nobody to tell.
-        if let event, slot.stage == .established { emit(to: recipient(of: slot), event) }
-    }
-
-    // MARK: STARTTLS and TLS handshakes
-
-    /// Reads the plaintext opening of a STARTTLS listener's connection and answers it (see
-    /// `StartTLSNegotiator`). Ends in a handshake, or a refusal and a close.
-    private func negotiateStartTLS(_ fd: CInt) {
-        readLoop: while true {
-            do {
-                switch try Socket.read(fd, into: scratch) {
-                case .processed(0):
-                    closeConnection(fd, reason: .clientClosed, notify: nil)
-                    return
-                case .processed(let n):
-                    if table[fd].inbound == nil { table[fd].inbound = ByteQueue() }
-                    table[fd].inbound?.append(UnsafeRawBufferPointer(rebasing: scratch[0..<n]))
-                    if (table[fd].inbound?.count ?? 0) > StartTLSNegotiator.maxBytes { break readLoop }
-                case .wouldBlock:
-                    break readLoop
-                }
-            } catch {
-                closeConnection(fd, reason: .clientError, notify: nil)
-                return
-            }
-        }
-        var pending = table[fd].inbound.map { $0.take(max: Swift.max($0.count, 1)) } ?? []
-        while true {
-            switch StartTLSNegotiator.next(pending, headerAnswered: table[fd].flags.contains(.headerAnswered)) {
-            case .needMore:
-                table[fd].inbound = pending.isEmpty ? nil : ByteQueue()
-                table[fd].inbound?.append(pending)
-                return
-            case .sendFeatures(let reply, let consumed):
-                guard writePlain(fd, reply) else { return }
-                table[fd].flags.insert(.headerAnswered)
-                pending.removeFirst(consumed)
-            case .proceed(let reply):
-                // Whatever the client sent after <starttls/> is dropped: it would be plaintext that
-                // ends up inside the TLS session (the STARTTLS injection attack).
-                table[fd].inbound = nil
-                guard writePlain(fd, reply) else { return }
-                guard let context = config?.tls, let ssl = context.makeSession(fd: fd) else {
-                    closeConnection(fd, reason: .tlsError, notify: nil)
-                    return
-                }
-                table[fd].tls = ssl
-                table[fd].stage = .handshake
-                driveHandshake(fd)
-                return
-            case .refuse(let reply, let refusal):
-                _ = writePlain(fd, reply)
-                logger.debug("Refused a client before STARTTLS", metadata: ["connection.id": "\(table[fd].connID)", "refusal": "\(refusal.rawValue)"])
-                closeConnection(fd, reason: refusal == .closed ? .clientClosed : .starttlsRefused, notify: nil)
-                return
-            }
-        }
-    }
-
-    /// Writes a short plaintext reply of the STARTTLS opening. It fits an empty socket buffer; a
-    /// client that does not take it is closed. Returns false if the connection was closed.
-    private func writePlain(_ fd: CInt, _ bytes: [UInt8]) -> Bool {
-        var written = 0
-        let ok = bytes.withUnsafeBytes { all -> Bool in
-            while written < all.count {
-                guard case .processed(let n)? = try? Socket.write(fd, UnsafeRawBufferPointer(rebasing: all[written...])) else {
-                    return false
-                }
-                written += n
-            }
-            return true
-        }
-        if !ok { closeConnection(fd, reason: .clientError, notify: nil) }
-        return ok
-    }
-
-    /// Advances the TLS handshake; when it is done, the connection is announced to the controller
-    /// (`megaphone_connect` with transport `tls`) and bytes start to flow.
-    private func driveHandshake(_ fd: CInt) {
-        guard let ssl = table[fd].tls, let config else { return }
-        let id = table[fd].connID
-        switch TLSSession.handshake(ssl) {
-        case .done:
-            if let handshake = handshakes.removeValue(forKey: id) { limiter.release(handshake.ip) }
-            guard let peer = Socket.peerAddress(fd), let local = Socket.localAddress(fd) else {
-                closeConnection(fd, reason: .clientError, notify: nil)
-                return
-            }
-            table[fd].stage = .established
-            // OpenSSL may already hold application data that came with the handshake's last flight.
-            table[fd].flags.formUnion([.readable, .writable])
-            logger.debug("TLS handshake done", metadata: ["connection.id": "\(id)", "peer": "\(peer)"])
-            let now = monotonicMillis()
-            watchHeader(id, now: now, config: config)
-            watchAnnouncement(id, now: now, config: config)
-            emit(to: config.controller, .connected(connID: id, peer: peer, local: local, transport: .tls))
-        case .wantRead, .wantWrite:
-            return
-        case .closed:
-            closeConnection(fd, reason: .clientClosed, notify: nil)
-        case .failed(let why):
-            logger.debug("TLS handshake failed", metadata: ["connection.id": "\(id)", "error": "\(why)"])
-            closeConnection(fd, reason: .tlsError, notify: nil)
-        }
-    }
-
     private func sweep(now: Int64) {
-        for (id, handshake) in handshakes where handshake.deadline <= now {
-            if let fd = table.fd(of: id) {
-                logger.debug("TLS handshake timed out", metadata: ["connection.id": "\(id)"])
-                closeConnection(fd, reason: .handshakeTimeout, notify: nil)
-            } else {
-                handshakes[id] = nil
-                limiter.release(handshake.ip)
-            }
-        }
-        for (id, watch) in headerWatch where watch.deadline <= now {
-            guard let fd = table.fd(of: id) else {
-                headerWatch[id] = nil
-                continue
-            }
-            // Not asked for data: the wait is on the owner's side, not the client's. Look again later.
-            guard table[fd].flags.contains(.armed) else { continue }
-            headerWatch[id] = nil
-            headerTimedOut(fd)
-        }
+        if !opening.isEmpty { sweepOpenings(now: now) }
         if !announced.isEmpty { sweepAnnouncements(now: now) }
         if !lingering.isEmpty { lingering.sweep(now: now) }
-        for (id, state) in closing where state.deadline <= now {
-            if let fd = table.fd(of: id) {
-                // A close that was itself a refusal keeps its reason; a requested one ran out of time.
-                let reason: CloseReason = state.reason == .requested || state.reason == .shutdown ? .flushTimeout : state.reason
-                closeConnection(fd, reason: reason, notify: state.notify ? .closed(connID: id) : nil)
-            }
-            closing[id] = nil
-        }
-        let due = pausedListeners.filter { $0.until <= now }
-        pausedListeners.removeAll { $0.until <= now }
-        for (listener, _) in due where listeners[listener.fd] != nil {
-            try? Epoll.add(epfd: epfd, fd: listener.fd, events: Epoll.in | Epoll.exclusive,
-                           data: Token.listener(listener.fd))
-        }
+        if !closing.isEmpty { sweepClosing(now: now) }
+        if !acceptor.paused.isEmpty { acceptor.resumePaused(now: now, epfd: epfd) }
     }
 }

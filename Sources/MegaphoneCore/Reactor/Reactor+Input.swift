@@ -1,0 +1,98 @@
+/// Client to owner: `get_data`, `put_data`, and reading a connection for its owner, with the flow
+/// control that keeps a fast client from growing our memory.
+///
+/// A connection is read only while it is armed (a get_data is outstanding) and only while the
+/// distribution queue (`DistQueue`) has room; otherwise its bytes stay in the kernel, whose TCP window
+/// pushes back on the client. Readiness is remembered in the slot's flags (`readable`), since epoll is
+/// edge-triggered. Armed connections left unread while the queue was full wait in `starved` for
+/// `.resumeReads`. The bytes read go through the transport (`SocketTransport`) and on to the framing
+/// stage (`deliver`).
+extension Reactor {
+    func getData(owner: PidRef, connID: UInt64) {
+        guard let fd = establishedFD(of: connID) else {
+            emit(to: owner, .requestError(tag: .connID(connID), reason: .unknownConnection))
+            return
+        }
+        guard !table[fd].flags.contains(.closing) else { return }
+        if !announced.isEmpty { announced[connID] = nil }
+        table[fd].owner = owner
+        table[fd].flags.insert(.armed)
+        serve(fd)
+    }
+
+    func putData(replyTo: PidRef?, connID: UInt64, bytes: [UInt8]) {
+        guard let fd = establishedFD(of: connID), let config else {
+            if let replyTo { emit(to: replyTo, .requestError(tag: .connID(connID), reason: .unknownConnection)) }
+            return
+        }
+        let pending = table[fd].inbound?.count ?? 0
+        guard bytes.count <= config.inputBufferLimit - pending else {
+            if let replyTo { emit(to: replyTo, .requestError(tag: .connID(connID), reason: .inputBufferFull)) }
+            return
+        }
+        guard !bytes.isEmpty else { return }
+        if table[fd].inbound == nil { table[fd].inbound = ByteQueue() }
+        table[fd].inbound?.append(bytes)
+        if table[fd].flags.contains(.armed) { serve(fd) }
+    }
+
+    /// The distribution queue has drained: serves the armed connections it held back.
+    func resumeReads() {
+        let ids = starved
+        starved.removeAll(keepingCapacity: true)
+        for id in ids {
+            guard let fd = establishedFD(of: id), table[fd].flags.contains(.armed) else { continue }
+            serve(fd)
+        }
+    }
+
+    /// Delivers one chunk to the owner of an armed connection, from pending input first, else from
+    /// the socket. Disarms once a chunk is sent.
+    func serve(_ fd: CInt) {
+        guard let config else { return }
+        let id = table[fd].connID
+        if let inbound = table[fd].inbound, !inbound.isEmpty {
+            let chunk = inbound.take(max: config.maxChunk)
+            if inbound.isEmpty { table[fd].inbound = nil }
+            deliver(fd, chunk)
+            if table[fd].inbound == nil && table[fd].flags.contains(.peerClosed) { finishIfDrained(fd) }
+            return
+        }
+        // Everything the client sent has been delivered, and the owner told.
+        guard !table[fd].flags.contains(.eofNotified) else { return }
+        guard table[fd].flags.contains(.readable) else { return }
+        guard distQueue.mayRead() else {
+            starved.insert(id)
+            return
+        }
+        let buffer = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<config.maxChunk])
+        let (filled, end) = table[fd].transport.fill(fd, buffer, peerClosed: table[fd].flags.contains(.peerClosed))
+        var eof = false
+        var ended: (CloseReason, Event)? = nil
+        switch end {
+        case .open(let readable):
+            if !readable { table[fd].flags.remove(.readable) }
+        case .eof:
+            eof = true
+        case .failed(let reason, let closeReason, let detail):
+            if let detail {
+                logger.debug("TLS read failed", metadata: ["connection.id": "\(id)", "error": "\(detail)"])
+            }
+            ended = (closeReason, .error(connID: id, reason: reason))
+        }
+        if filled > 0 {
+            counters.bytesIn.add(filled, ordering: .relaxed)
+            deliver(fd, Array(UnsafeRawBufferPointer(rebasing: buffer[0..<filled])))
+        }
+        // The client has sent everything: tcp_closed follows the last chunk at once. Our side stays
+        // open for what the owner sends back.
+        if eof {
+            clientFinished(fd)
+        } else if let (reason, event) = ended {
+            closeConnection(fd, reason: reason, notify: event)
+        } else if table[fd].flags.contains(.peerClosed) {
+            // A chunk that filled up just before the EOF: tcp_closed follows it all the same.
+            finishIfDrained(fd)
+        }
+    }
+}
