@@ -19,7 +19,7 @@ public struct ServerConfiguration: Sendable {
     public var threads: Int
     /// Seconds of silence after which a connected Erlang node is taken for dead (Erlang's net_ticktime).
     public var netTicktime: Int
-    /// Client bytes that may wait between the reactors and the distribution thread (`DistQueue`).
+    /// Client bytes that may wait between the reactors and the distribution thread (`ByteBudget`).
     public var distQueueLimit: Int
 
     public init(name: String, host: String, cookie: String, distPort: Int, threads: Int, netTicktime: Int,
@@ -52,26 +52,22 @@ public enum Server {
         let node = try CNode(alive: configuration.name, host: configuration.host, cookie: configuration.cookie,
                              distPort: configuration.distPort, interface: configuration.distInterface, logger: logger)
         node.warnIfUnreachable(host: configuration.host, logger: logger)
-        let counters = Counters()
         // One reactor runs on the distribution thread itself: no hand-off between threads, no eventfd.
         let inline = configuration.threads == 1
-        let output = try Mailbox<ReactorOutput>(signalling: !inline)
-        let limiter = HandshakeLimiter()
-        let distQueue = DistQueue(limit: configuration.distQueueLimit)
-        // The distribution thread stops reading requests while the reactors are behind on these, and
-        // sleeps until they have taken the queue back under its limit.
-        let requests = DistQueue(limit: configuration.distQueueLimit, roomSignal: try EventFD())
-        let addresses = AddressLimiter()
+        let context = NodeContext(
+            output: try Mailbox<ReactorOutput>(signalling: !inline), counters: Counters(),
+            toErlang: ByteBudget(limit: configuration.distQueueLimit),
+            // The distribution thread stops reading requests while the reactors are behind on these,
+            // and sleeps until they have taken the budget back under its limit.
+            toClients: ByteBudget(limit: configuration.distQueueLimit, roomSignal: try EventFD()),
+            logger: logger)
         var reactors: [Reactor] = []
         for index in 0..<configuration.threads {
-            reactors.append(try Reactor(index: index, output: output, counters: counters, limiter: limiter,
-                                        addresses: addresses, distQueue: distQueue, requests: requests, inline: inline,
-                                        logger: logger))
+            reactors.append(try Reactor(index: index, context: context, inline: inline))
         }
         for reactor in reactors { reactor.siblings = reactors }
         let link = try DistributionLink(node: node, reactors: reactors, inline: inline ? reactors.first : nil,
-                                        output: output, distQueue: distQueue, requests: requests, counters: counters,
-                                        netTicktimeSeconds: configuration.netTicktime, logger: logger)
+                                        context: context, netTicktimeSeconds: configuration.netTicktime)
         if !inline {
             for reactor in reactors {
                 _ = try PThread.spawn(name: "reactor-\(reactor.index)") { reactor.run() }

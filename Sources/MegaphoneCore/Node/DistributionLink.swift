@@ -32,7 +32,7 @@ public final class DistributionLink {
         /// the kernel of a frozen (SIGSTOPped) peer still acknowledges it.
         var lastHeard: Int64
         /// Client bytes written for this peer that are still in user space, by the output position
-        /// (`CEI_output_written`) at which they end: they leave `distQueue` once the kernel took them,
+        /// (`CEI_output_written`) at which they end: they leave `toErlang` once the kernel took them,
         /// so that a slow peer pushes back on the clients instead of its output growing.
         var held: [(end: UInt64, bytes: Int)] = []
     }
@@ -47,9 +47,9 @@ public final class DistributionLink {
     private let reactors: [Reactor]
     private let output: Mailbox<ReactorOutput>
     private let inline: Reactor?
-    private let distQueue: DistQueue
+    private let toErlang: ByteBudget
     /// put_data and send_data bytes posted to reactor threads and not yet taken by them.
-    private let requests: DistQueue
+    private let toClients: ByteBudget
     /// The header of the message being received. erlang_msg holds several atom-sized arrays (about
     /// 5 KB): made once, not zeroed for every message.
     private let messageHeader: UnsafeMutablePointer<erlang_msg> = {
@@ -70,7 +70,7 @@ public final class DistributionLink {
     private let signals: SignalFD
     private let acceptor: DistributionAcceptor
     /// Output that may wait for one peer before it is dropped. Client data for it is held to
-    /// `distQueue.limit` (plus a chunk per reactor) by the pause of client reads; the rest is replies
+    /// `toErlang.limit` (plus a chunk per reactor) by the pause of client reads; the rest is replies
     /// and events, which a reading peer takes at once.
     private let outputLimit: Int
 
@@ -85,22 +85,21 @@ public final class DistributionLink {
     /// Takes over `node`. Blocks SIGINT, SIGTERM and SIGHUP for the calling thread (call it before
     /// starting other threads so they inherit the mask) and reads them from a signalfd instead.
     /// `inline`: a reactor without a thread of its own, run by this thread between its own work.
-    public init(node: CNode, reactors: [Reactor], inline: Reactor? = nil, output: Mailbox<ReactorOutput>,
-                distQueue: DistQueue, requests: DistQueue, counters: Counters, netTicktimeSeconds: Int,
-                logger: Logger) throws(SystemError) {
-        self.distQueue = distQueue
-        self.requests = requests
+    public init(node: CNode, reactors: [Reactor], inline: Reactor? = nil, context: NodeContext,
+                netTicktimeSeconds: Int) throws(SystemError) {
+        toErlang = context.toErlang
+        toClients = context.toClients
         self.node = node
         self.reactors = reactors
         self.inline = inline
-        self.output = output
-        self.counters = counters
-        self.logger = logger
+        output = context.output
+        counters = context.counters
+        logger = context.logger
         netTicktimeMillis = Int64(netTicktimeSeconds) * 1000
-        outputLimit = distQueue.limit + 64 << 20
+        outputLimit = toErlang.limit + 64 << 20
         selfPid = node.selfPid
         refs = ConnectionRefs(node: node.nodeName, creation: node.selfPid.creation)
-        acceptor = try DistributionAcceptor(node: node, counters: counters, logger: logger)
+        acceptor = try DistributionAcceptor(node: node, counters: context.counters, logger: context.logger)
         ei_x_new(&receiveBuffer)
         signals = try SignalFD()
     }
@@ -126,16 +125,16 @@ public final class DistributionLink {
             // Reactor threads behind on put_data/send_data bytes: read no request until they catch
             // up, so TCP holds ejabberd back (its distribution queue to us fills and busy_dist_port
             // suspends the senders) instead of the reactors' mailboxes growing. The reactor whose take
-            // brings the bytes under the limit signals `requests.roomSignal`, which wakes this poll.
-            let throttled = requests.queuedBytes >= requests.limit
-            if throttled { requests.pausedReads.add(1, ordering: .relaxed) }
+            // brings the bytes under the limit signals `toClients.roomSignal`, which wakes this poll.
+            let throttled = toClients.queuedBytes >= toClients.limit
+            if throttled { toClients.pausedReads.add(1, ordering: .relaxed) }
             var fds = [
                 pollfd(fd: output.wakeup.fd, events: Int16(POLLIN), revents: 0),
                 pollfd(fd: signals.fd, events: Int16(POLLIN), revents: 0),
                 // A negative fd is ignored by poll(): not accepting (shutting down, or paused after EMFILE).
                 pollfd(fd: accepting ? node.listenFD : -1, events: Int16(POLLIN), revents: 0),
                 pollfd(fd: acceptor.results.wakeup.fd, events: Int16(POLLIN), revents: 0),
-                pollfd(fd: requests.roomSignal?.fd ?? -1, events: Int16(POLLIN), revents: 0),
+                pollfd(fd: toClients.roomSignal?.fd ?? -1, events: Int16(POLLIN), revents: 0),
             ]
             if let inline { fds.append(pollfd(fd: inline.pollFD, events: Int16(POLLIN), revents: 0)) }
             let firstPeer = fds.count
@@ -153,7 +152,7 @@ public final class DistributionLink {
                 if fds[1].revents != 0 { handleSignals() }
                 if fds[0].revents != 0 { handleReactorOutput() }
                 if fds[3].revents != 0 { adoptHandshakes() }
-                if fds[4].revents != 0 { requests.roomSignal?.drain() }
+                if fds[4].revents != 0 { toClients.roomSignal?.drain() }
                 if fds[2].revents != 0 && shutdown == nil { acceptor.acceptReady() }
                 let readable = Int16(POLLIN) | Int16(POLLHUP) | Int16(POLLERR)
                 for p in fds[firstPeer...] where p.revents & readable != 0 && !throttled { receive(from: p.fd) }
@@ -244,7 +243,7 @@ public final class DistributionLink {
         guard let i = peers.firstIndex(where: { $0.fd == fd }) else { return }
         let peer = peers.remove(at: i)
         // Its client bytes were dropped with it.
-        distQueue.taken(peer.held.reduce(0) { $0 + $1.bytes })
+        toErlang.taken(peer.held.reduce(0) { $0 + $1.bytes })
         _ = ei_close_connection(fd)
         logger.info("Erlang node disconnected", metadata: ["peer": "\(peer.name)", "reason": "\(reason)"])
         for reactor in reactors { reactor.commands.post(.nodeDown(node: peer.node)) }
@@ -345,18 +344,18 @@ public final class DistributionLink {
                 dropPeer(fd: peer.fd, reason: "output_limit")
             }
         }
-        if distQueue.shouldResume() {
+        if toErlang.shouldResume() {
             for reactor in reactors { reactor.commands.post(.resumeReads) }
         }
     }
 
-    /// Takes off `distQueue` the client bytes the kernel has taken for `fd`.
+    /// Takes off `toErlang` the client bytes the kernel has taken for `fd`.
     private func releaseHeld(fd: CInt) {
         guard let i = peers.firstIndex(where: { $0.fd == fd }), !peers[i].held.isEmpty else { return }
         let sent = CEI_output_sent(fd)
         let done = peers[i].held.prefix { $0.end <= sent }
         guard !done.isEmpty else { return }
-        distQueue.taken(done.reduce(0) { $0 + $1.bytes })
+        toErlang.taken(done.reduce(0) { $0 + $1.bytes })
         peers[i].held.removeFirst(done.count)
     }
 
@@ -418,14 +417,14 @@ public final class DistributionLink {
                 if let sender { send(to: sender, .requestError(tag: .connID(id), reason: .unknownConnection)) }
                 return
             }
-            requests.added(bytes.count)
+            toClients.added(bytes.count)
             reactor.commands.post(.putData(replyTo: sender, connID: id, bytes: bytes))
         case .sendData(let id, let bytes):
             guard let reactor = reactor(for: id) else {
                 counters.unknownConnection.add(1, ordering: .relaxed)
                 return
             }
-            requests.added(bytes.count)
+            toClients.added(bytes.count)
             reactor.commands.post(.sendData(connID: id, bytes: bytes))
         case .close(let id):
             guard let reactor = reactor(for: id) else {
@@ -506,12 +505,12 @@ public final class DistributionLink {
         let stats = StatsReport(
             node: node.nodeName, listeners: listeners.bound(options.listeners),
             values: counters.snapshot() + [
-                ("dist_queue_bytes", distQueue.queuedBytes),
-                ("dist_queue_peak", distQueue.peakBytes),
-                ("reads_paused", distQueue.pausedReadCount),
-                ("request_queue_bytes", requests.queuedBytes),
-                ("request_queue_peak", requests.peakBytes),
-                ("request_reads_paused", requests.pausedReadCount),
+                ("dist_queue_bytes", toErlang.queuedBytes),
+                ("dist_queue_peak", toErlang.peakBytes),
+                ("reads_paused", toErlang.pausedReadCount),
+                ("request_queue_bytes", toClients.queuedBytes),
+                ("request_queue_peak", toClients.peakBytes),
+                ("request_reads_paused", toClients.pausedReadCount),
             ],
             closed: CloseReason.allCases.map { ($0.name, counters.closedCount($0)) })
         send(to: pid) { e in
@@ -563,7 +562,7 @@ public final class DistributionLink {
                 if shutdown?.drained.count == reactors.count { finishShutdown() }
             }
         }
-        if distQueue.shouldResume() {
+        if toErlang.shouldResume() {
             for reactor in reactors { reactor.commands.post(.resumeReads) }
         }
     }
@@ -604,15 +603,15 @@ public final class DistributionLink {
         return fd
     }
 
-    /// Client bytes just written for `fd` (nil: dropped) stay on `distQueue` until the kernel took them.
+    /// Client bytes just written for `fd` (nil: dropped) stay on `toErlang` until the kernel took them.
     private func hold(_ bytes: Int, for fd: CInt?) {
         guard let fd, let i = peers.firstIndex(where: { $0.fd == fd }) else {
-            distQueue.taken(bytes)
+            toErlang.taken(bytes)
             return
         }
         let end = CEI_output_written(fd)
         if CEI_output_sent(fd) >= end && peers[i].held.isEmpty {
-            distQueue.taken(bytes)
+            toErlang.taken(bytes)
         } else {
             peers[i].held.append((end: end, bytes: bytes))
         }

@@ -16,7 +16,7 @@ extension Reactor {
     /// distribution queue until the distribution thread has written them.
     func deliver(_ fd: CInt, _ chunk: [UInt8]) {
         table[fd].flags.remove(.armed)
-        distQueue.added(chunk.count)
+        toErlang.added(chunk.count)
         if !opening.headerWatch.isEmpty { opening.lookForHeader(table[fd].connID, in: chunk) }
         counters.chunksDelivered.add(1, ordering: .relaxed)
         switch table[fd].framing {

@@ -2,7 +2,7 @@
 /// control that keeps a fast client from growing our memory.
 ///
 /// A connection is read only while it is armed (a get_data is outstanding) and only while the
-/// distribution queue (`DistQueue`) has room; otherwise its bytes stay in the kernel, whose TCP window
+/// distribution queue (`ByteBudget`) has room; otherwise its bytes stay in the kernel, whose TCP window
 /// pushes back on the client. Readiness is remembered in the slot's flags (`readable`), since epoll is
 /// edge-triggered. Armed connections left unread while the queue was full wait in `starved` for
 /// `.resumeReads`. The bytes read go through the transport (`SocketTransport`) and on to the framing
@@ -61,7 +61,7 @@ extension Reactor {
         // Everything the client sent has been delivered, and the owner told.
         guard !table[fd].flags.contains(.eofNotified) else { return }
         guard table[fd].flags.contains(.readable) else { return }
-        guard distQueue.mayRead() else {
+        guard toErlang.mayRead() else {
             starved.insert(id)
             return
         }

@@ -62,9 +62,9 @@ public final class Reactor: @unchecked Sendable {
     var coalescedOrder: [UInt64] = []
     /// Armed connections left unread while the distribution queue was full, until `.resumeReads`.
     var starved: Set<UInt64> = []
-    let distQueue: DistQueue
+    let toErlang: ByteBudget
     /// put_data and send_data bytes the distribution thread posted to this reactor (and its siblings).
-    let requests: DistQueue
+    let toClients: ByteBudget
     var shuttingDown = false
     private var running = true
     private let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: 256)
@@ -77,19 +77,16 @@ public final class Reactor: @unchecked Sendable {
 
     /// `inline`: the reactor has no thread of its own; the distribution thread calls `runOnce`, so
     /// its commands need no eventfd.
-    init(index: Int, output: Mailbox<ReactorOutput>, counters: Counters,
-         limiter: HandshakeLimiter = HandshakeLimiter(), addresses: AddressLimiter = AddressLimiter(),
-         distQueue: DistQueue = DistQueue(limit: 64 << 20), requests: DistQueue = DistQueue(limit: 64 << 20),
-         inline: Bool = false, logger: Logger) throws(SystemError) {
-        self.distQueue = distQueue
-        self.requests = requests
+    init(index: Int, context: NodeContext, inline: Bool = false) throws(SystemError) {
+        toErlang = context.toErlang
+        toClients = context.toClients
         precondition(index >= 0 && index < Self.maxReactors, "reactor index out of range")
         self.index = index
-        self.output = output
-        self.counters = counters
-        self.limiter = limiter
-        self.addresses = addresses
-        var logger = logger
+        output = context.output
+        counters = context.counters
+        limiter = context.handshakes
+        addresses = context.addresses
+        var logger = context.logger
         logger[metadataKey: "reactor"] = "\(index)"
         self.logger = logger
         commands = try Mailbox(signalling: !inline)
@@ -218,10 +215,10 @@ public final class Reactor: @unchecked Sendable {
             case .getData(let owner, let id):
                 getData(owner: owner, connID: id)
             case .putData(let replyTo, let id, let bytes):
-                requests.taken(bytes.count)
+                toClients.taken(bytes.count)
                 putData(replyTo: replyTo, connID: id, bytes: bytes)
             case .sendData(let id, let bytes):
-                requests.taken(bytes.count)
+                toClients.taken(bytes.count)
                 sendData(connID: id, bytes: bytes)
             case .close(let id):
                 close(connID: id)

@@ -112,8 +112,8 @@ struct ReactorClosingTests {
     /// What a half-closed client left in the kernel goes through the distribution queue like any
     /// read: while the queue is full it stays in the kernel.
     @Test func halfClosedInputWaitsForTheDistributionQueue() throws {
-        let queue = DistQueue(limit: 8)
-        let h = try ReactorHarness(distQueue: queue) { $0.maxChunk = 8 }
+        let queue = ByteBudget(limit: 8)
+        let h = try ReactorHarness(toErlang: queue) { $0.maxChunk = 8 }
         let (a, idA) = try h.connect()
         defer { close(a) }
         let (b, idB) = try h.connect()

@@ -18,11 +18,11 @@ final class ReactorHarness {
     static let controller = PidRef(node: 1, num: 10, serial: 0, creation: 1)
     static let owner = PidRef(node: 1, num: 20, serial: 0, creation: 1)
 
-    init(distQueue: DistQueue = DistQueue(limit: 64 << 20), flushTimeoutMillis: Int64? = nil,
+    init(toErlang: ByteBudget = ByteBudget(limit: 64 << 20), flushTimeoutMillis: Int64? = nil,
          _ configure: (inout StartOptions) -> Void = { _ in }) throws {
         output = try Mailbox()
-        reactor = try Reactor(index: 3, output: output, counters: counters, distQueue: distQueue,
-                              logger: Logger(label: "test"))
+        reactor = try Reactor(index: 3, context: NodeContext(output: output, counters: counters, toErlang: toErlang,
+                                                             logger: Logger(label: "test")))
         var options = StartOptions()
         configure(&options)
         listener = try Listener(ListenerSpec(transport: .tcp, ip: .loopbackIPv4, port: 0))
@@ -109,8 +109,8 @@ struct ReactorTests {
     }
 
     @Test func aFullDistributionQueueStopsReadsUntilItDrains() throws {
-        let queue = DistQueue(limit: 8)
-        let h = try ReactorHarness(distQueue: queue) { $0.maxChunk = 8 }
+        let queue = ByteBudget(limit: 8)
+        let h = try ReactorHarness(toErlang: queue) { $0.maxChunk = 8 }
         let (a, idA) = try h.connect()
         defer { close(a) }
         let (b, idB) = try h.connect()

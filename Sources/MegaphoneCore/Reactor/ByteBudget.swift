@@ -1,13 +1,18 @@
 import Synchronization
 
-/// The client bytes on their way from the reactors to the distribution thread, with a bound.
+/// Bytes on their way between threads, with a bound: what one side added and the other has not taken
+/// yet. A node has two, one per direction (`NodeContext`):
 ///
-/// A reactor adds a chunk when it hands one over; the distribution thread takes it off once the chunk
-/// is written to (or dropped for) its node. Past `limit` the reactors read no client socket: the bytes
-/// stay in the kernel, whose windows push back on the clients, until the distribution thread has
-/// brought the queue under half the limit and asks them to go on (`ReactorCommand.resumeReads`).
-/// This is what holds when ejabberd, or the link to it, is slower than the clients.
-public final class DistQueue: Sendable {
+/// - `toErlang`: client bytes from the reactors to the distribution thread. A reactor adds a chunk when
+///   it hands one over; the distribution thread takes it off once the kernel took it for its node (or
+///   it was dropped with the node). Past `limit` the reactors read no client socket: the bytes stay
+///   in the kernel, whose windows push back on the clients, until the distribution thread has brought
+///   the budget under half the limit and asks them to go on (`ReactorCommand.resumeReads`). This is
+///   what holds when ejabberd, or the link to it, is slower than the clients.
+/// - `toClients`: put_data and send_data bytes from the distribution thread to the reactors. Past
+///   `limit` the distribution thread reads no request, so TCP holds ejabberd back, until a reactor's
+///   take brings the bytes under the limit and wakes it (`roomSignal`).
+public final class ByteBudget: Sendable {
     public let limit: Int
     private let bytes = Atomic<Int>(0)
     private let peak = Atomic<Int>(0)

@@ -1,0 +1,30 @@
+import Logging
+
+/// What every thread of a Megaphone node shares: made once by `Server`, handed to each reactor and to
+/// the distribution link (all of it is safe to use from any thread).
+public struct NodeContext: Sendable {
+    /// What the reactors report to the distribution thread.
+    public let output: Mailbox<ReactorOutput>
+    public let counters: Counters
+    /// Unfinished TLS handshakes per client address, across reactors.
+    public let handshakes: HandshakeLimiter
+    /// Open connections and connection rate per client address, across reactors.
+    public let addresses: AddressLimiter
+    /// Client bytes on their way to the distribution thread (`--dist-queue-limit`).
+    public let toErlang: ByteBudget
+    /// put_data and send_data bytes on their way to the reactors.
+    public let toClients: ByteBudget
+    public let logger: Logger
+
+    public init(output: Mailbox<ReactorOutput>, counters: Counters, handshakes: HandshakeLimiter = HandshakeLimiter(),
+                addresses: AddressLimiter = AddressLimiter(), toErlang: ByteBudget = ByteBudget(limit: 64 << 20),
+                toClients: ByteBudget = ByteBudget(limit: 64 << 20), logger: Logger) {
+        self.output = output
+        self.counters = counters
+        self.handshakes = handshakes
+        self.addresses = addresses
+        self.toErlang = toErlang
+        self.toClients = toClients
+        self.logger = logger
+    }
+}
