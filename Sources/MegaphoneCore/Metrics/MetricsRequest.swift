@@ -5,8 +5,8 @@
 /// request line is judged as soon as it is complete, so that garbage (a TLS ClientHello, a stray
 /// protocol) is answered at once instead of at the deadline; the rest of the head is only checked for
 /// `Name: value` lines and its end, the blank line.
-enum MetricsRequest {
-    enum Verdict: Equatable {
+public enum MetricsRequest {
+    public enum Verdict: Equatable, Sendable {
         /// The head is not complete yet: read more (until the size bound or the deadline).
         case incomplete
         /// `GET /metrics`: answer with the metrics.
@@ -17,7 +17,8 @@ enum MetricsRequest {
 
     static let path = "/metrics"
 
-    static func judge(_ bytes: [UInt8], maxSize: Int) -> Verdict {
+    /// The verdict on everything received so far; `.incomplete` only while fewer than `maxSize` bytes are in.
+    public static func judge(_ bytes: [UInt8], maxSize: Int) -> Verdict {
         guard let lineEnd = bytes.firstIndex(of: UInt8(ascii: "\n")) else {
             if bytes.count >= maxSize { return .error(.headerTooLarge) }
             return bytes.allSatisfy(isLineByte) ? .incomplete : .error(.badRequest)
@@ -93,7 +94,7 @@ enum MetricsRequest {
 }
 
 /// The statuses the metrics endpoint answers with.
-enum HTTPStatus: Int, Equatable {
+public enum HTTPStatus: Int, Equatable, Sendable {
     case ok = 200
     case badRequest = 400
     case notFound = 404
@@ -101,7 +102,7 @@ enum HTTPStatus: Int, Equatable {
     case headerTooLarge = 431
     case unavailable = 503
 
-    var reason: String {
+    public var reason: String {
         switch self {
         case .ok: "OK"
         case .badRequest: "Bad Request"
@@ -113,7 +114,7 @@ enum HTTPStatus: Int, Equatable {
     }
 
     /// A whole response: status line, `Content-Type`, `Content-Length`, `Connection: close`, body.
-    func response(contentType: String = "text/plain; charset=utf-8", body: String? = nil) -> [UInt8] {
+    public func response(contentType: String = "text/plain; charset=utf-8", body: String? = nil) -> [UInt8] {
         let body = Array((body ?? "\(rawValue) \(reason)\n").utf8)
         var head = "HTTP/1.1 \(rawValue) \(reason)\r\n"
         head += "Content-Type: \(contentType)\r\n"
