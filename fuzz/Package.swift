@@ -2,8 +2,9 @@
 import PackageDescription
 
 // libFuzzer targets for what Megaphone parses from the outside: the distribution terms (TermReader,
-// Request) and the plaintext STARTTLS opening (StartTLSNegotiator). A package of its own so that the
-// main `swift build`/`swift test` never sees `-sanitize=fuzzer`; scripts/fuzz builds it with
+// Request), the plaintext STARTTLS opening (StartTLSNegotiator) and the metrics endpoint's HTTP
+// request heads (MetricsRequest). A package of its own so that the main `swift build`/`swift test`
+// never sees `-sanitize=fuzzer`; scripts/fuzz builds it with
 //   swift build -c debug -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library
 // and runs each target for a bounded time over its seed corpus in corpus/<Target>/.
 //
@@ -28,6 +29,11 @@ let package = Package(
             name: "FuzzStartTLS",
             dependencies: ["CFuzzDriver", .product(name: "MegaphoneCore", package: "megaphone")],
             path: "Sources/FuzzStartTLS"
+        ),
+        .executableTarget(
+            name: "FuzzMetricsRequest",
+            dependencies: ["CFuzzDriver", .product(name: "MegaphoneCore", package: "megaphone")],
+            path: "Sources/FuzzMetricsRequest"
         ),
     ],
     swiftLanguageModes: [.v6]

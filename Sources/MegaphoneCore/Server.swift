@@ -21,9 +21,13 @@ public struct ServerConfiguration: Sendable {
     public var netTicktime: Int
     /// Client bytes that may wait between the reactors and the distribution thread (`ByteBudget`).
     public var distQueueLimit: Int
+    /// Where to serve `GET /metrics` (Prometheus text format); nil: nowhere.
+    public var metricsListen: SocketAddress?
 
     public init(name: String, host: String, cookie: String, distPort: Int, threads: Int, netTicktime: Int,
-                distQueueLimit: Int = 64 << 20, distInterface: IPAddress = .loopbackIPv4) {
+                distQueueLimit: Int = 64 << 20, distInterface: IPAddress = .loopbackIPv4,
+                metricsListen: SocketAddress? = nil) {
+        self.metricsListen = metricsListen
         self.distQueueLimit = distQueueLimit
         self.distInterface = distInterface
         self.name = name
@@ -61,6 +65,12 @@ public enum Server {
             // and sleeps until they have taken the budget back under its limit.
             toClients: ByteBudget(limit: configuration.distQueueLimit, roomSignal: try EventFD()),
             logger: logger)
+        // Bound before the node's other threads start, so that a port in use fails the start.
+        let metrics = try configuration.metricsListen.map { address throws(SystemError) in
+            let source = NodeMetrics(counters: context.counters, toErlang: context.toErlang,
+                                     toClients: context.toClients)
+            return try MetricsServer(address: address, logger: logger) { source.render() }
+        }
         var reactors: [Reactor] = []
         for index in 0..<configuration.threads {
             reactors.append(try Reactor(index: index, context: context, inline: inline))
@@ -73,6 +83,8 @@ public enum Server {
                 _ = try PThread.spawn(name: "reactor-\(reactor.index)") { reactor.run() }
             }
         }
+        try metrics?.start()
         link.run()
+        metrics?.stop()
     }
 }

@@ -49,6 +49,11 @@ struct Megaphone: ParsableCommand {
     @Option(help: "Bytes of client input that may wait for the distribution link before the node stops reading client sockets.")
     var distQueueLimit: Int = 64 << 20
 
+    @Option(help: ArgumentHelp(
+        "Serve GET /metrics (Prometheus text format) on this address, e.g. 127.0.0.1:9464 or [::1]:9464. Off by default.",
+        valueName: "host:port"))
+    var metricsListen: String? = nil
+
     func validate() throws {
         guard !name.isEmpty, name.utf8.count <= 200,
               name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "-") })
@@ -65,6 +70,9 @@ struct Megaphone: ParsableCommand {
         }
         guard netTicktime > 0 else { throw ValidationError("--net-ticktime must be positive") }
         guard distQueueLimit >= 65_536 else { throw ValidationError("--dist-queue-limit must be at least 65536") }
+        if let metricsListen, SocketAddress(hostPort: metricsListen) == nil {
+            throw ValidationError("--metrics-listen must be HOST:PORT with an IP address (or localhost) and a port 0...65535")
+        }
     }
 
     func run() throws {
@@ -83,7 +91,8 @@ struct Megaphone: ParsableCommand {
             threads: threads ?? max(1, Int(sysconf(CInt(_SC_NPROCESSORS_ONLN)))),
             netTicktime: netTicktime,
             distQueueLimit: distQueueLimit,
-            distInterface: parseIPv4(distInterface) ?? .loopbackIPv4
+            distInterface: parseIPv4(distInterface) ?? .loopbackIPv4,
+            metricsListen: metricsListen.flatMap { SocketAddress(hostPort: $0) }
         )
         // Failures (NodeError, SystemError, StartupError) print as one "Error: ..." line and exit 1.
         try Server.run(configuration, logger: logger)

@@ -74,7 +74,9 @@ public final class DistributionLink {
     /// and events, which a reading peer takes at once.
     private let outputLimit: Int
 
-    private var controller: PidRef? = nil
+    private var controller: PidRef? = nil {
+        didSet { counters.controllers.store(controller == nil ? 0 : 1, ordering: .relaxed) }
+    }
     private var options = StartOptions()
     private var listeners = ListenerSet()
     private var shutdown: Shutdown? = nil

@@ -60,6 +60,9 @@ public final class Counters: Sendable {
     public let distHandshakesRefused = Atomic<Int>(0)
     /// Erlang nodes dropped because more output waited for them than the per-peer bound.
     public let distOutputOverflows = Atomic<Int>(0)
+    /// Controllers attached (processes that sent `start` and whose node is still connected): 0 or 1
+    /// today. Set by the distribution thread; read by `stats` and the metrics endpoint.
+    public let controllers = Atomic<Int>(0)
     private let closedCounts: [ClosedCounter] = CloseReason.allCases.map { _ in ClosedCounter() }
 
     public init() {}
@@ -83,6 +86,7 @@ public final class Counters: Sendable {
             ("dist_handshake_timeouts", distHandshakeTimeouts.load(ordering: .relaxed)),
             ("dist_handshakes_refused", distHandshakesRefused.load(ordering: .relaxed)),
             ("dist_output_overflows", distOutputOverflows.load(ordering: .relaxed)),
+            ("controllers", controllers.load(ordering: .relaxed)),
         ]
     }
 
