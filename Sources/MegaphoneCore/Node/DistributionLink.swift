@@ -149,7 +149,7 @@ public final class DistributionLink {
             let buffered = !throttled && peers.contains { CEI_input_ready($0.fd) != 0 }
             let inlineBusy = inline.map { $0.hasUnsignalledCommands } ?? false
             let timeout: CInt = buffered || inlineBusy ? 0 : inline?.needsTimer == true ? 250 : 1_000
-            let n = poll(&fds, nfds_t(fds.count), timeout)
+            let n = Poll.poll(&fds, timeout: timeout)
             if n > 0 {
                 if fds[1].revents != 0 { handleSignals() }
                 if fds[0].revents != 0 { handleReactorOutput() }
@@ -273,8 +273,7 @@ public final class DistributionLink {
 
     private func hasInput(_ fd: CInt) -> Bool {
         if CEI_input_ready(fd) != 0 { return true }
-        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        return poll(&p, 1, 0) > 0
+        return Poll.isReadable(fd)
     }
 
     /// Reads what `fd` has without waiting, then handles the whole messages buffered (at most 256, so
@@ -369,7 +368,7 @@ public final class DistributionLink {
             var fds = peers.filter { CEI_pending_output($0.fd) > 0 }.map { pollfd(fd: $0.fd, events: Int16(POLLOUT), revents: 0) }
             let left = deadline - monotonicMillis()
             guard !fds.isEmpty, left > 0 else { return }
-            _ = poll(&fds, nfds_t(fds.count), CInt(left))
+            _ = Poll.poll(&fds, timeout: CInt(left))
         }
     }
 

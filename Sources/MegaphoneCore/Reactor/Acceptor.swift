@@ -15,7 +15,7 @@ struct Acceptor {
     var paused: [(listener: Listener, until: Int64)] = []
     /// Closed and reopened around an accept when the process is out of fds, so that the pending
     /// connection can be taken off the queue and closed instead of waking us again at once.
-    private var reserveFD: CInt = Glibc.open("/dev/null", O_RDONLY | O_CLOEXEC)
+    private var reserveFD: CInt = openDevNull()
     var lastEMFILELog: Int64 = 0
     private var nextSequence: UInt64 = 1
 
@@ -35,7 +35,7 @@ struct Acceptor {
             counters.closed(.emfile)
             closeFD(fd)
         }
-        reserveFD = Glibc.open("/dev/null", O_RDONLY | O_CLOEXEC)
+        reserveFD = openDevNull()
         return reserveFD >= 0
     }
 
