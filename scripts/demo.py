@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT / "Tests" / "integration"))
 
 from harness.ejabberd import Ejabberd  # noqa: E402
 from harness.env import MEGAPHONE_EBIN  # noqa: E402
+from harness.errors import HarnessError  # noqa: E402
 from harness.megaphone_node import MegaphoneNode  # noqa: E402
 from harness.net import free_port, port_free  # noqa: E402
 from harness.pki import make_test_pki  # noqa: E402
@@ -71,7 +72,7 @@ def main() -> int:
     starttls_port, tls_port, plain_port = (port_or_free(args.port + i) for i in range(3))
     # A throwaway CA and a certificate for localhost; a real deployment uses ejabberd's certfile.
     pki = make_test_pki(base / "pki")
-    beams = {"extra_beams": [], "erl_options": f"-pa {harness.MEGAPHONE_EBIN}"} if args.pa else {}
+    beams = {"extra_beams": [], "erl_options": f"-pa {MEGAPHONE_EBIN}"} if args.pa else {}
     ej = Ejabberd(base, {node: [("starttls", starttls_port), ("tls", tls_port), ("tcp", plain_port)]},
                   cookie=cookie, connect_retry=1, megaphone_opts={"certfile": str(pki.server.bundle)}, **beams)
     mp = MegaphoneNode(base / "nodes", cookie, ej.helper, name=args.name)
@@ -102,9 +103,9 @@ Shell  : erl -sname sh@localhost -hidden -setcookie {cookie} -pa {MEGAPHONE_EBIN
         asyncio.run(asyncio.wait_for(check(starttls_port, ej.c2s_port, pki.ca), 60))
         print(f"  megaphone_status: {ej.ctl('megaphone_status').stdout.strip()}")
         if args.pa:
-            beam = harness.MEGAPHONE_EBIN / "mod_megaphone.beam"
+            beam = MEGAPHONE_EBIN / "mod_megaphone.beam"
             if ej.rpc(f'code:which(mod_megaphone) =:= "{beam}".') is not True:
-                raise harness.HarnessError(f"ejabberd did not load mod_megaphone from {beam}")
+                raise HarnessError(f"ejabberd did not load mod_megaphone from {beam}")
             print(f"  ejabberd loaded mod_megaphone from {beam} (ERL_OPTIONS -pa)")
         if sys.stdin.isatty():
             print("\nRunning. Ctrl-C stops ejabberd and the Megaphone node.")
