@@ -92,7 +92,15 @@ half_close_unread(#{node := Node, os_pid := OsPid}) ->
     Grown = rss_kb(OsPid) - Baseline,
     io:format(user, "~nhalf_close_unread: ~b clients x ~b bytes = ~b KiB; RSS grew ~b KiB~n",
               [N, Size, N * Size div 1024, Grown]),
-    ?assert(Grown < N * Size div 1024 div 4),
+    %% Only what was asked for was read (the old node read every half-closed
+    %% client's rest at its EOF: N * Size).
+    ?assertMatch(#{bytes_in := Size}, stats(Node)),
+    %% Under AddressSanitizer (scripts/sanitize) RSS also holds shadow memory,
+    %% redzones and the quarantine: it says nothing about our buffers there.
+    case os:getenv("ASAN_OPTIONS") of
+        false -> ?assert(Grown < N * Size div 1024 div 4);
+        _ -> ok
+    end,
     %% The others still hold their bytes, and give them when asked.
     {OneClient, OneId} = hd(Clients),
     ok = megaphone:get_data(Node, OneId),
