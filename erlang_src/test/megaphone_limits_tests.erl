@@ -15,6 +15,10 @@
 
 -include_lib("eunit/include/eunit.hrl").
 
+-import(megaphone_test_client, [start/2, stats/1, connect/1, accept/1, await_connect/1,
+                                recv_data/1, recv_closed/1, read_until_closed/2, rss_kb/1,
+                                poll/2, deadline/1, remaining/1]).
+
 -define(LOCALHOST, {127, 0, 0, 1}).
 -define(WAIT, 5000).
 -define(TEST_TIMEOUT, 120).
@@ -225,40 +229,6 @@ floods(#{node := Node, os_pid := OsPid}) ->
 %% Helpers
 %%====================================================================
 
-start(Node, Opts) ->
-    {ok, #{listeners := [{tcp, _, Port}]}} =
-        megaphone:start(Node, [{listen, [{tcp, ?LOCALHOST, 0}]} | Opts]),
-    Port.
-
-stats(Node) ->
-    {ok, Stats} = megaphone:stats(Node),
-    Stats.
-
-connect(Port) ->
-    gen_tcp:connect(?LOCALHOST, Port, [binary, {active, false}], ?WAIT).
-
-accept(Port) ->
-    {ok, Client} = connect(Port),
-    {Client, await_connect(Client)}.
-
-await_connect(Client) ->
-    {ok, {_, ClientPort}} = inet:sockname(Client),
-    receive
-        {megaphone_connect, _, ConnId, {?LOCALHOST, ClientPort}, _, _} -> ConnId
-    after ?WAIT ->
-            erlang:error(no_megaphone_connect)
-    end.
-
-recv_data(ConnId) ->
-    receive {tcp, ConnId, _} = Msg -> Msg after ?WAIT -> erlang:error({no_data, ConnId}) end.
-
-recv_closed(ConnId) ->
-    receive
-        {tcp_closed, ConnId} = Msg -> Msg;
-        {tcp_error, ConnId, _} = Msg -> Msg
-    after ?WAIT -> erlang:error({not_closed, ConnId})
-    end.
-
 read_exactly(Client, Size, Deadline) ->
     read_exactly(Client, Size, Deadline, []).
 
@@ -268,15 +238,6 @@ read_exactly(Client, Left, Deadline, Acc) ->
     case gen_tcp:recv(Client, 0, remaining(Deadline)) of
         {ok, Data} -> read_exactly(Client, Left - byte_size(Data), Deadline, [Data | Acc]);
         {error, Reason} -> erlang:error({read_failed, Reason, Left})
-    end.
-
-read_until_closed(Client, Deadline) ->
-    read_until_closed(Client, Deadline, []).
-
-read_until_closed(Client, Deadline, Acc) ->
-    case gen_tcp:recv(Client, 0, remaining(Deadline)) of
-        {ok, Data} -> read_until_closed(Client, Deadline, [Acc, Data]);
-        {error, Reason} -> {iolist_to_binary(Acc), Reason}
     end.
 
 %% send_data N chunks as fast as the distribution link takes them.
@@ -344,28 +305,3 @@ sample(OsPid, Peak) ->
 stop_sampler(Pid) ->
     Pid ! {stop, self()},
     receive {peak, Pid, Peak} -> Peak after ?WAIT -> erlang:error(sampler_stuck) end.
-
-rss_kb(OsPid) ->
-    {ok, Status} = file:read_file("/proc/" ++ integer_to_list(OsPid) ++ "/status"),
-    {match, [Kb]} = re:run(Status, "VmRSS:\\s+(\\d+) kB", [{capture, all_but_first, binary}]),
-    binary_to_integer(Kb).
-
-poll(Fun, Timeout) ->
-    poll_until(Fun, deadline(Timeout)).
-
-poll_until(Fun, Deadline) ->
-    case Fun() of
-        false ->
-            case remaining(Deadline) of
-                0 -> erlang:error({poll_timeout, Fun});
-                _ -> receive after 20 -> ok end, poll_until(Fun, Deadline)
-            end;
-        Result ->
-            Result
-    end.
-
-deadline(Timeout) ->
-    erlang:monotonic_time(millisecond) + Timeout.
-
-remaining(Deadline) ->
-    max(0, Deadline - erlang:monotonic_time(millisecond)).
