@@ -40,6 +40,9 @@ struct Megaphone: ParsableCommand {
     @Option(help: "Log level.")
     var logLevel: LogLevelOption = .info
 
+    @Option(help: "Log line format: text, or json (one object per line, for log shippers).")
+    var logFormat: LogFormatOption = .text
+
     @Option(help: "Reactor threads (default: one per core).")
     var threads: Int? = nil
 
@@ -77,10 +80,19 @@ struct Megaphone: ParsableCommand {
 
     func run() throws {
         let level = logLevel.level
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
+        switch logFormat {
+        case .text:
+            LoggingSystem.bootstrap { label in
+                var handler = StreamLogHandler.standardError(label: label)
+                handler.logLevel = level
+                return handler
+            }
+        case .json:
+            LoggingSystem.bootstrap { label in
+                var handler = JSONLogHandler.standardError(label: label)
+                handler.logLevel = level
+                return handler
+            }
         }
         let logger = Logger(label: "megaphone")
         let configuration = ServerConfiguration(
@@ -137,6 +149,10 @@ private func parseIPv4(_ text: String) -> IPAddress? {
 struct StartupError: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }
+}
+
+enum LogFormatOption: String, ExpressibleByArgument, CaseIterable {
+    case text, json
 }
 
 enum LogLevelOption: String, ExpressibleByArgument, CaseIterable {
