@@ -9,6 +9,8 @@ let package = Package(
     products: [
         .executable(name: "megaphone", targets: ["megaphone"]),
         .library(name: "MegaphoneCore", targets: ["MegaphoneCore"]),
+        .library(name: "MegaphoneXML", targets: ["MegaphoneXML"]),
+        .executable(name: "megaphone-xml-events", targets: ["megaphone-xml-events"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
@@ -31,9 +33,18 @@ let package = Package(
             pkgConfig: "openssl",
             providers: [.apt(["libssl-dev"])]
         ),
+        // The edge's XML stream parser: pure Swift, no C node, so tools and fuzzers use it alone.
+        .target(name: "MegaphoneXML", path: "Sources/MegaphoneXML"),
+        // Prints the events the parser gives for files (the differential test against fxml runs it).
+        .executableTarget(
+            name: "megaphone-xml-events",
+            dependencies: ["MegaphoneXML"],
+            path: "Sources/megaphone-xml-events"
+        ),
         .target(
             name: "MegaphoneCore",
             dependencies: [
+                "MegaphoneXML",
                 "CEI",
                 "CLinux",
                 "COpenSSL",
@@ -52,7 +63,7 @@ let package = Package(
         ),
         .testTarget(
             name: "MegaphoneCoreTests",
-            dependencies: ["MegaphoneCore", "COpenSSL"],
+            dependencies: ["MegaphoneCore", "MegaphoneXML", "COpenSSL"],
             path: "Tests/MegaphoneCoreTests"
         ),
     ],

@@ -1,0 +1,87 @@
+// megaphone-xml-events: the events Megaphone's XML stream parser gives for whole files, for the
+// differential test against ejabberd's fxml_stream (erlang_src/test/megaphone_xml_diff_tests.erl).
+//
+// For each FILE it writes one record to stdout: a 4-byte big-endian length, then the
+// term_to_binary bytes of the list of events. Before that it parses the file split in two at every
+// byte boundary and byte by byte, and exits 3 if any split gives other events than the whole.
+import Foundation
+import MegaphoneXML
+
+func events(_ bytes: [UInt8], chunks: [Range<Int>], limits: XMLStreamLimits) -> [XMLStreamEvent] {
+    var parser = XMLStreamParser(reportsStreamCData: true)
+    var out: [XMLStreamEvent] = []
+    func add(_ e: XMLStreamEvent) {
+        if case .streamCData(let more) = e, case .streamCData(let text)? = out.last {
+            out[out.count - 1] = .streamCData(text + more)
+        } else {
+            out.append(e)
+        }
+    }
+    bytes.withUnsafeBytes { all in
+        for chunk in chunks {
+            var at = chunk.lowerBound
+            while true {
+                let (used, event) = parser.feed(UnsafeRawBufferPointer(rebasing: all[at..<chunk.upperBound]), limits: limits)
+                at += used
+                guard let event else { break }
+                add(event)
+                if case .error = event { return }
+            }
+        }
+        if let e = parser.flushStreamCData() { add(e) }
+    }
+    return out
+}
+
+func record(_ list: [XMLStreamEvent]) -> [UInt8] {
+    var body: [UInt8] = [131]
+    if list.isEmpty {
+        body.append(106)
+    } else {
+        body.append(108)
+        let n = UInt32(list.count)
+        body += [UInt8(n >> 24), UInt8(n >> 16 & 0xFF), UInt8(n >> 8 & 0xFF), UInt8(n & 0xFF)]
+        for e in list { ExternalTermFormat.encode(e, into: &body) }
+        body.append(106)
+    }
+    let n = UInt32(body.count)
+    return [UInt8(n >> 24), UInt8(n >> 16 & 0xFF), UInt8(n >> 8 & 0xFF), UInt8(n & 0xFF)] + body
+}
+
+var args = Array(CommandLine.arguments.dropFirst())
+var limits = XMLStreamLimits(maxStanzaSize: Int.max, maxDepth: 10_000, maxAttributes: 10_000, maxNameLength: 1 << 20)
+if let i = args.firstIndex(of: "--max-stanza-size"), i + 1 < args.count, let n = Int(args[i + 1]) {
+    limits.maxStanzaSize = n
+    args.removeSubrange(i...(i + 1))
+}
+guard !args.isEmpty else {
+    FileHandle.standardError.write("usage: megaphone-xml-events [--max-stanza-size N] FILE...\n".data(using: .utf8)!)
+    exit(2)
+}
+var output: [UInt8] = []
+for path in args {
+    guard let data = FileManager.default.contents(atPath: path) else {
+        FileHandle.standardError.write("\(path): cannot read\n".data(using: .utf8)!)
+        exit(2)
+    }
+    let bytes = [UInt8](data)
+    let whole = events(bytes, chunks: [0..<bytes.count], limits: limits)
+    var splits: [[Range<Int>]] = (0...bytes.count).map { [0..<$0, $0..<bytes.count] }
+    splits.append((0..<bytes.count).map { $0..<($0 + 1) })
+    for chunks in splits {
+        let got = events(bytes, chunks: chunks, limits: limits)
+        if got != whole {
+            let at = chunks.count == 2 ? "split at byte \(chunks[0].upperBound)" : "fed byte by byte"
+            let first = (0..<min(got.count, whole.count)).first { got[$0] != whole[$0] } ?? min(got.count, whole.count)
+            FileHandle.standardError.write("""
+                \(path): \(at) gives other events than the whole file (first difference at event \(first)):
+                  split: \(first < got.count ? String(describing: got[first]) : "none")
+                  whole: \(first < whole.count ? String(describing: whole[first]) : "none")
+
+                """.data(using: .utf8)!)
+            exit(3)
+        }
+    }
+    output += record(whole)
+}
+FileHandle.standardOutput.write(Data(output))
