@@ -30,7 +30,14 @@
 %% <li>`{megaphone_connect, NodePid, ConnId, {PeerIP, PeerPort},
 %%     {LocalIP, LocalPort}, tcp | tls}' to the controller when a client has
 %%     connected (and finished any TLS handshake);</li>
-%% <li>`{tcp, ConnId, Binary}' to the owner, one chunk per `get_data/2';</li>
+%% <li>`{tcp, ConnId, Binary}' to the owner, one chunk per `get_data/2'
+%%     (`{parser, ejabberd}', the default);</li>
+%% <li>`{'$gen_event', Event}' to the owner with `{parser, megaphone}': the
+%%     node parses the client's XML stream and sends the events `fxml_stream'
+%%     would (`{xmlstreamstart, Name, Attrs}', `{xmlstreamelement, El}',
+%%     `{xmlstreamend, Name}', `{xmlstreamerror, Reason}'); the first
+%%     `get_data/2' opens a window of `window' elements, and `credit/4' gives
+%%     back what the owner has handled;</li>
 %% <li>`{tcp_closed, ConnId}' and `{tcp_error, ConnId, Reason}' to the owner,
 %%     else the controller, even when no `get_data/2' is outstanding;</li>
 %% <li>`{megaphone_error, RefOrConnId, Reason}' to the sender of a malformed
@@ -53,6 +60,9 @@
 -export([send_data/4]).
 -export([close/2]).
 -export([close/3]).
+-export([credit/4]).
+-export([reset_stream/3]).
+-export([set_shaper/4]).
 -export([recv/3]).
 
 -export_type([conn_id/0]).
@@ -96,7 +106,10 @@
              | {max_chunk, pos_integer()}
              | {send_queue_limit, pos_integer()}
              | {input_buffer_limit, pos_integer()}
-             | {controller, pid()}.
+             | {controller, pid()}
+             | {parser, ejabberd | megaphone}
+             | {max_stanza_size, pos_integer() | infinity}
+             | {window, pos_integer()}.
 %% <ul>
 %% <li>`listen': the listeners to open;</li>
 %% <li>`certfile': PEM certificate chain and key, for `starttls' and `tls';</li>
@@ -123,7 +136,15 @@
 %% <li>`input_buffer_limit': bytes held for one client before `get_data'
 %%     takes them (`put_data' past it is refused);</li>
 %% <li>`controller': who gets `megaphone_connect' (default: the caller of
-%%     `start').</li>
+%%     `start');</li>
+%% <li>`parser': `ejabberd' (default) hands the owner raw bytes, for
+%%     ejabberd's own parser; `megaphone' has the node parse the client's
+%%     stream and send the owner `{'$gen_event', Event}' messages;</li>
+%% <li>`max_stanza_size': with `{parser, megaphone}', the largest stanza in
+%%     bytes; past it the owner gets `{xmlstreamerror, <<"XML stanza is too
+%%     big">>}' (default `infinity': 16 MiB, the node's own bound);</li>
+%% <li>`window': with `{parser, megaphone}', the elements a connection may
+%%     have in flight to its owner before `credit/4' (default 16).</li>
 %% </ul>
 
 -type opts() :: [opt()].
@@ -256,6 +277,27 @@ close(Node, ConnId) ->
 -spec close(node(), conn_id(), [send_opt()]) -> ok | {error, nodedown}.
 close(Node, ConnId, SendOpts) ->
     cast(Node, {close, ConnId}, SendOpts).
+
+%% @doc Parsed connections (`{parser, megaphone}'): the owner has handled `N'
+%% more elements, so the node may send `N' more. Ignored for raw connections.
+-spec credit(node(), conn_id(), pos_integer(), [send_opt()]) -> ok | {error, nodedown}.
+credit(Node, ConnId, N, SendOpts) ->
+    cast(Node, {credit, ConnId, N}, SendOpts).
+
+%% @doc Parsed connections: the bytes the client sends from now on start a
+%% new stream (after SASL success; the session calls it before it sends
+%% `<success/>', so the client's new header always comes after it).
+-spec reset_stream(node(), conn_id(), [send_opt()]) -> ok | {error, nodedown}.
+reset_stream(Node, ConnId, SendOpts) ->
+    cast(Node, {reset_stream, ConnId}, SendOpts).
+
+%% @doc Parsed connections: the node reads the client at most at `Rate' bytes
+%% a second, in bursts of at most `Burst' (the session's shaper, which has no
+%% socket of its own to pace); `none' lifts the limit.
+-spec set_shaper(node(), conn_id(), {pos_integer(), pos_integer()} | none, [send_opt()]) ->
+          ok | {error, nodedown}.
+set_shaper(Node, ConnId, Shaper, SendOpts) ->
+    cast(Node, {shaper, ConnId, Shaper}, SendOpts).
 
 %% @doc `get_data/2', then waits for the chunk: for shells and tests. On
 %% `{error, timeout}' the request stays armed and its chunk arrives later as

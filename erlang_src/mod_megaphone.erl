@@ -15,6 +15,11 @@
 %% closed on the Megaphone node, and a Megaphone node that goes down gets
 %% `{tcp_closed, ConnId}' sent to each of its sessions.
 %%
+%% With `parser: megaphone' the Megaphone node parses each client's XML and
+%% the session gets elements, keeping no parser of its own (see
+%% megaphone_socket); the module's `c2s_handle_recv' hook, run inside each
+%% session for every element it handles, gives the node credit for more.
+%%
 %% Megaphone nodes serve every virtual host (the client names the host in
 %% its stream header), so there is one gen_server per ejabberd node, started
 %% by the first host that loads the module, with that host's options.
@@ -27,6 +32,9 @@
 
 %% API.
 -export([status/0]).
+
+%% Hooks.
+-export([c2s_handle_recv/3]).
 
 %% gen_mod callbacks.
 -export([start/2]).
@@ -101,6 +109,9 @@ status() ->
 -spec start(binary(), gen_mod:opts()) -> ok | {ok, pid()} | {error, term()}.
 start(Host, Opts) ->
     ejabberd_commands:register_commands(?MODULE, megaphone_status:commands()),
+    %% First of the chain: a hook that stops the fold before ours would
+    %% leave the node waiting for credit.
+    ejabberd_hooks:add(c2s_handle_recv, Host, ?MODULE, c2s_handle_recv, 1),
     case gen_mod:start_child(?MODULE, Host, Opts, ?MODULE) of
         {ok, Pid} -> {ok, Pid};
         {error, {already_started, _}} ->
@@ -111,6 +122,7 @@ start(Host, Opts) ->
 
 -spec stop(binary()) -> ok.
 stop(Host) ->
+    ejabberd_hooks:delete(c2s_handle_recv, Host, ?MODULE, c2s_handle_recv, 1),
     case gen_mod:is_loaded_elsewhere(Host, ?MODULE) of
         true ->
             ok;
@@ -168,7 +180,9 @@ mod_opt_type(tls_min_version) ->
 mod_opt_type(handshake_timeout) ->
     econf:timeout(second);
 mod_opt_type(max_handshakes_per_ip) ->
-    econf:pos_int().
+    econf:pos_int();
+mod_opt_type(parser) ->
+    econf:enum([megaphone, ejabberd]).
 
 mod_options(_Host) ->
     [{nodes, #{}},
@@ -186,7 +200,8 @@ mod_options(_Host) ->
      {ciphers, undefined},
      {tls_min_version, undefined},
      {handshake_timeout, undefined},
-     {max_handshakes_per_ip, undefined}].
+     {max_handshakes_per_ip, undefined},
+     {parser, ejabberd}].
 
 mod_doc() ->
     #{desc =>
@@ -246,6 +261,15 @@ mod_doc() ->
             #{value => "Size",
               desc => ["As the c2s listener option; by default that of the first "
                        "ejabberd_c2s listener."]}},
+           {parser,
+            #{value => "megaphone | ejabberd",
+              desc => ["Who parses the clients' XML. 'megaphone': the Megaphone "
+                       "node parses each stream and sends the session elements, so "
+                       "a session keeps no XML parser (about 12 KB each) and "
+                       "malformed or restricted XML is refused at the edge with the "
+                       "stream errors ejabberd sends. 'ejabberd': the node forwards "
+                       "raw bytes and each session parses them, as on ejabberd's "
+                       "own listener. The default is 'ejabberd'."]}},
            {max_fsm_queue,
             #{value => "Size",
               desc => ["As the c2s listener option; by default the global one."]}},
@@ -322,7 +346,7 @@ handle_info({start_timeout, Node, Ref}, State) ->
     {noreply, start_timed_out(Node, Ref, State)};
 handle_info({megaphone_connect, NodePid, ConnId, Peer, Local, Transport}, State)
   when is_pid(NodePid), is_reference(ConnId) ->
-    {noreply, start_session(node(NodePid), ConnId, Peer, Local, Transport, State)};
+    {noreply, start_session(NodePid, ConnId, Peer, Local, Transport, State)};
 handle_info({tcp_closed, ConnId} = Msg, State) ->
     %% The client left before its session asked for data: pass it on.
     forward(ConnId, Msg, State),
@@ -495,7 +519,7 @@ send_start(Node, #state{nodes = Nodes} = State) ->
     case maps:find(Node, Nodes) of
         {ok, #mp_node{listeners = Listeners, max_connections = Max, limits = Limits} = MP} ->
             Opts = [{listen, Listeners}, {max_connections, Max}, {controller, self()}
-                    | Limits ++ tls_options(State#state.opts)],
+                    | Limits ++ tls_options(State#state.opts) ++ parser_options(State#state.opts)],
             %% The reply comes as megaphone_started or megaphone_error with
             %% Ref; a link that dropped meanwhile comes as nodedown.
             case megaphone:start_async(Node, Opts, [noconnect]) of
@@ -546,12 +570,16 @@ find_by_ref(Ref, Nodes) ->
 %% Starts an ejabberd_c2s session for a connection, as ejabberd_http_ws does
 %% for a WebSocket. The session asks for data itself (setopts on accept), so
 %% nothing reaches it before it is ready for it.
--spec start_session(node(), megaphone:conn_id(), {inet:ip_address(), inet:port_number()},
+-spec start_session(pid(), megaphone:conn_id(), {inet:ip_address(), inet:port_number()},
                     {inet:ip_address(), inet:port_number()}, tcp | tls, #state{}) -> #state{}.
-start_session(Node, ConnId, Peer, Local, Transport, #state{nodes = Nodes} = State) ->
+start_session(NodePid, ConnId, Peer, Local, Transport, #state{nodes = Nodes} = State) ->
+    Node = node(NodePid),
     case maps:find(Node, Nodes) of
         {ok, #mp_node{sessions = N} = MP} ->
-            Socket = {megaphone, Node, ConnId, Transport},
+            Socket = case mod_megaphone_opt:parser(State#state.opts) of
+                         megaphone -> {megaphone, Node, ConnId, Transport, NodePid};
+                         ejabberd -> {megaphone, Node, ConnId, Transport}
+                     end,
             Opts = [{sock_peer_name, {Local, Peer}} | c2s_options(State#state.opts)],
             case ejabberd_c2s:start(megaphone_socket, Socket, Opts) of
                 {ok, Pid} ->
@@ -580,6 +608,29 @@ tls_options(Opts) ->
                                     {handshake_timeout, fun mod_megaphone_opt:handshake_timeout/1},
                                     {max_handshakes_per_ip, fun mod_megaphone_opt:max_handshakes_per_ip/1}],
                      (Value = Get(Opts)) /= undefined].
+
+%% The parser options of `start': the mode, and in parsed mode the
+%% sessions' max_stanza_size (enforced by the node now) and the window the
+%% credit hook is written for.
+parser_options(Opts) ->
+    case mod_megaphone_opt:parser(Opts) of
+        ejabberd ->
+            [{parser, ejabberd}];
+        megaphone ->
+            MaxStanzaSize = proplists:get_value(max_stanza_size, c2s_options(Opts), infinity),
+            [{parser, megaphone}, {max_stanza_size, MaxStanzaSize}, {window, megaphone_socket:window()}]
+    end.
+
+%%====================================================================
+%% Hooks
+%%====================================================================
+
+%% Runs inside each c2s for every element it has handled; in a parsed
+%% session, gives the node credit for the next ones.
+-spec c2s_handle_recv(State, fxml:xmlel(), term()) -> State when State :: map().
+c2s_handle_recv(State, _El, _Pkt) ->
+    megaphone_socket:element_handled(),
+    State.
 
 %% The c2s options: ours where set, else the first c2s listener's, as
 %% WebSocket and BOSH take them. Never tls, starttls or zlib: the node

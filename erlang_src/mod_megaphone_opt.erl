@@ -23,6 +23,7 @@
 -export([max_handshakes_per_ip/1]).
 -export([max_stanza_size/1]).
 -export([nodes/1]).
+-export([parser/1]).
 -export([shaper/1]).
 -export([stream_header_timeout/1]).
 -export([tls_min_version/1]).
@@ -122,3 +123,9 @@ tls_min_version(Opts) when is_map(Opts) ->
     gen_mod:get_opt(tls_min_version, Opts);
 tls_min_version(Host) ->
     gen_mod:get_module_opt(Host, mod_megaphone, tls_min_version).
+
+-spec parser(gen_mod:opts() | global | binary()) -> 'ejabberd' | 'megaphone'.
+parser(Opts) when is_map(Opts) ->
+    gen_mod:get_opt(parser, Opts);
+parser(Host) ->
+    gen_mod:get_module_opt(Host, mod_megaphone, parser).

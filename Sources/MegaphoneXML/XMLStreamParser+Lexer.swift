@@ -187,6 +187,9 @@ extension XMLStreamParser {
             lex = .lt
             return .more
         }
+        // fxml counts max_stanza_size from its last event, and stream-level text is one: text
+        // between stanzas never adds up (a whitespace flood is the shaper's business).
+        if depth == 1 { sinceEvent = 0 }
         if c == Self.gt && brackets >= 2 { return .fail(.invalidToken) }
         brackets = c == Self.rsqb ? min(brackets + 1, 2) : 0
         if c == Self.amp {

@@ -43,6 +43,9 @@ public struct XMLStreamParser {
         self = XMLStreamParser(reportsStreamCData: reportsStreamCData)
     }
 
+    /// An error has ended the stream.
+    public var hasFailed: Bool { failed != nil }
+
     /// True when nothing is pending: no partial token or stanza, no buffer held.
     public var isIdle: Bool { work == nil && !utf8.inProgress }
 

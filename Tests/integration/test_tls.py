@@ -214,7 +214,7 @@ def test_slixmpp_logs_in_over_tls_and_chats_with_a_native_user(tls_env, mode, me
             assert len(mp) == 1, mp
             pid, _sockmod, sock = mp[0]
             assert pid == env.session_pid_of(alice)
-            assert sock[-1] == "tls", sock
+            assert sock[3] == "tls", sock
             assert env.node.connections() == 1
 
             await chat(alice, bob, f"hello over {mode}")

@@ -63,6 +63,12 @@ public struct NodeMetrics: Sendable {
             MetricFamily("megaphone_chunks_delivered_total", .counter,
                          help: "Chunks of client bytes handed to their owners (stats: chunks_delivered).",
                          value: load(c.chunksDelivered)),
+            MetricFamily("megaphone_elements_delivered_total", .counter,
+                         help: "Top-level XML elements parsed by the node and sent to sessions (stats: elements_delivered).",
+                         value: load(c.elementsDelivered)),
+            MetricFamily("megaphone_stream_errors_total", .counter,
+                         help: "Client streams the node's parser refused (stats: stream_errors).",
+                         value: load(c.streamErrors)),
             MetricFamily("megaphone_tls_handshakes_total", .counter,
                          help: "TLS handshakes that ended badly, by result: failed (stats: closed.tls_error), "
                              + "timeout (closed.handshake_timeout), refused (closed.handshake_limit).",

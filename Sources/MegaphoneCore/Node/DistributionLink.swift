@@ -147,7 +147,7 @@ public final class DistributionLink {
             }
             // A whole message already in user space is invisible to poll(): don't sleep on it.
             let buffered = !throttled && peers.contains { CEI_input_ready($0.fd) != 0 }
-            let inlineBusy = inline.map { $0.hasUnsignalledCommands } ?? false
+            let inlineBusy = inline.map { $0.hasUnsignalledCommands || $0.hasInputToServe } ?? false
             let timeout: CInt = buffered || inlineBusy ? 0 : inline?.needsTimer == true ? 250 : 1_000
             let n = Poll.poll(&fds, timeout: timeout)
             if n > 0 {
@@ -433,6 +433,24 @@ public final class DistributionLink {
                 return
             }
             reactor.commands.post(.close(connID: id))
+        case .credit(let id, let elements):
+            guard let reactor = reactor(for: id) else {
+                counters.unknownConnection.add(1, ordering: .relaxed)
+                return
+            }
+            reactor.commands.post(.credit(connID: id, elements: elements))
+        case .resetStream(let id):
+            guard let reactor = reactor(for: id) else {
+                counters.unknownConnection.add(1, ordering: .relaxed)
+                return
+            }
+            reactor.commands.post(.resetStream(connID: id))
+        case .shaper(let id, let rate):
+            guard let reactor = reactor(for: id) else {
+                counters.unknownConnection.add(1, ordering: .relaxed)
+                return
+            }
+            reactor.commands.post(.shaper(connID: id, rate: rate.map { ($0.bytesPerSecond, $0.burst) }))
         case .shutdown(let from, let ref):
             beginShutdown(waiter: (from, ref))
         case .shutdownQuietly:
@@ -556,7 +574,8 @@ public final class DistributionLink {
             switch item {
             case .send(let to, let event):
                 let fd = deliver(to: to, event)
-                if case .data(_, let bytes) = event { hold(bytes.count, for: fd) }
+                let bytes = event.clientBytes
+                if bytes > 0 { hold(bytes, for: fd) }
             case .drained(let index):
                 guard !finishing, shutdown != nil else { continue }
                 shutdown?.drained.insert(index)

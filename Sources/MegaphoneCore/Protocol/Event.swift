@@ -5,6 +5,9 @@ public enum Event: Sendable, Equatable {
     case connected(connID: UInt64, peer: SocketAddress, local: SocketAddress, transport: Transport)
     /// `{tcp, ConnId, Binary}`
     case data(connID: UInt64, bytes: [UInt8])
+    /// `{'$gen_event', Event}`: a parsed connection's stream event, already encoded (the external
+    /// term format of `{xmlstreamelement, El}` and the like, without the version byte).
+    case stream(payload: [UInt8])
     /// `{tcp_closed, ConnId}`
     case closed(connID: UInt64)
     /// `{tcp_error, ConnId, Reason}`
@@ -14,6 +17,15 @@ public enum Event: Sendable, Equatable {
 
     /// Encodes the message after what `e` holds (call `reset()` first). `selfPid` encodes the C node's
     /// own pid (for `megaphone_connect`); `refs` turns connection ids into ConnIds.
+    /// Client bytes this message carries, which count in the distribution queue (`toErlang`).
+    public var clientBytes: Int {
+        switch self {
+        case .data(_, let bytes): bytes.count
+        case .stream(let payload): payload.count
+        default: 0
+        }
+    }
+
     public func encode(into e: TermEncoder, refs: ConnectionRefs, selfPid: (TermEncoder) -> Void) {
         switch self {
         case .connected(let id, let peer, let local, let transport):
@@ -29,6 +41,10 @@ public enum Event: Sendable, Equatable {
             e.atom("tcp")
             refs.encode(id, into: e)
             e.binary(bytes)
+        case .stream(let payload):
+            e.tuple(2)
+            e.atom("$gen_event")
+            e.raw(payload)
         case .closed(let id):
             e.tuple(2)
             e.atom("tcp_closed")

@@ -45,8 +45,35 @@ public struct StartOptions: Equatable, Sendable {
     public var sendQueueLimit: Int = 1 << 20
     public var inputBufferLimit: Int = 1 << 20
     public var controller: PidRef? = nil
+    /// `{parser, ejabberd | megaphone}`: who parses the clients' XML. `ejabberd` (raw bytes,
+    /// `{tcp, ConnId, Data}`, one parser per session) or `megaphone` (the node parses and sends
+    /// sessions `{'$gen_event', Event}` as fxml_stream would).
+    public var parser: InputMode = .raw
+    /// `{max_stanza_size, N | infinity}`: the sessions' limit, enforced by the node's parser
+    /// (infinity is the node's own bound, `InputMode.stanzaSizeCap`).
+    public var maxStanzaSize: Int = InputMode.stanzaSizeCap
+    /// `{window, N}`: elements a parsed connection may have in flight to its session before the
+    /// session grants more with `credit`.
+    public var window: Int = 16
 
     public init() {}
+}
+
+/// A session's shaper: bytes a second, and the most that may come at once.
+public struct ShaperRate: Equatable, Sendable {
+    public var bytesPerSecond: Int
+    public var burst: Int
+}
+
+/// How a connection's input reaches its session.
+public enum InputMode: String, Sendable, Equatable {
+    /// Chunks of bytes on get_data; ejabberd's own parser runs in the session.
+    case raw = "ejabberd"
+    /// Stream events parsed by the node, paced by credit.
+    case parsed = "megaphone"
+
+    /// The largest stanza the node buffers when the session's limit is `infinity`.
+    public static let stanzaSizeCap = 16 << 20
 }
 
 /// A request from Erlang, decoded. See the message vocabulary in README.md.
@@ -56,6 +83,12 @@ public enum Request: Equatable, Sendable {
     case putData(connID: UInt64, bytes: [UInt8])
     case sendData(connID: UInt64, bytes: [UInt8])
     case close(connID: UInt64)
+    /// `{credit, ConnId, N}`: the owner of a parsed connection has handled N elements.
+    case credit(connID: UInt64, elements: Int)
+    /// `{reset_stream, ConnId}`: the next bytes start a new stream (after SASL success).
+    case resetStream(connID: UInt64)
+    /// `{shaper, ConnId, {Rate, Burst} | none}`: pace a parsed connection's reads.
+    case shaper(connID: UInt64, rate: ShaperRate?)
     case shutdown(from: PidRef, ref: [UInt8])
     /// The seed's bare `{shutdown}`: no reply.
     case shutdownQuietly
@@ -191,6 +224,23 @@ private struct RequestDecoder {
             return .sendData(connID: try known(id, quiet: true), bytes: bytes)
         case ("close", 2):
             return .close(connID: try known(try connID(&r), quiet: true))
+        case ("credit", 3):
+            let id = try connID(&r)
+            guard let n = try? r.readInt(), n > 0, n <= 1 << 20 else { throw fail(.badarg("credit")) }
+            return .credit(connID: try known(id, quiet: true), elements: n)
+        case ("reset_stream", 2):
+            return .resetStream(connID: try known(try connID(&r), quiet: true))
+        case ("shaper", 3):
+            let id = try connID(&r)
+            var rate: ShaperRate? = nil
+            if isAtom(r) {
+                guard (try? r.readAtom()) == "none" else { throw fail(.badarg("shaper")) }
+            } else {
+                guard (try? r.readTupleHeader()) == 2, let bytes = try? r.readInt(), let burst = try? r.readInt(),
+                      bytes > 0, burst > 0 else { throw fail(.badarg("shaper")) }
+                rate = ShaperRate(bytesPerSecond: bytes, burst: burst)
+            }
+            return .shaper(connID: try known(id, quiet: true), rate: rate)
         case ("shutdown", 3):
             let from = try pid(&r)
             return .shutdown(from: from, ref: try refTerm(&r))
@@ -339,6 +389,18 @@ private struct RequestDecoder {
             options.sendQueueLimit = try positive(&r, name)
         case "input_buffer_limit":
             options.inputBufferLimit = try positive(&r, name)
+        case "parser":
+            guard let mode = (try? r.readAtom()).flatMap(InputMode.init(rawValue:)) else { throw fail(.badopt(name)) }
+            options.parser = mode
+        case "max_stanza_size":
+            if isAtom(r) {
+                guard (try? r.readAtom()) == "infinity" else { throw fail(.badopt(name)) }
+                options.maxStanzaSize = InputMode.stanzaSizeCap
+            } else {
+                options.maxStanzaSize = try positive(&r, name, max: InputMode.stanzaSizeCap)
+            }
+        case "window":
+            options.window = try positive(&r, name, max: 1 << 16)
         case "controller":
             guard let decoded = try? r.readPid(), let pid = nodes.pidRef(decoded) else { throw fail(.badopt(name)) }
             options.controller = pid

@@ -165,6 +165,7 @@ extension Reactor {
         let id = acceptor.nextConnID(reactor: index)
         let generation = table.insert(fd: fd, connID: id)
         table[fd].address = address
+        if config.parser == .parsed { table[fd].framing = .parsed(ParsedInput()) }
         do {
             try Epoll.add(epfd: epfd, fd: fd, events: Epoll.in | Epoll.out | Epoll.rdhup | Epoll.edgeTriggered,
                           data: Token.connection(fd, generation))

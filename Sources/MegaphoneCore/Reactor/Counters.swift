@@ -44,6 +44,10 @@ public final class Counters: Sendable {
     public let bytesIn = Atomic<Int>(0)
     public let bytesOut = Atomic<Int>(0)
     public let chunksDelivered = Atomic<Int>(0)
+    /// Parsed connections: top-level elements sent to sessions, and streams the parser refused
+    /// (not well-formed, restricted XML, too big).
+    public let elementsDelivered = Atomic<Int>(0)
+    public let streamErrors = Atomic<Int>(0)
     public let malformedRequests = Atomic<Int>(0)
     public let unknownConnection = Atomic<Int>(0)
     public let undeliverable = Atomic<Int>(0)
@@ -75,6 +79,8 @@ public final class Counters: Sendable {
             ("bytes_in", bytesIn.load(ordering: .relaxed)),
             ("bytes_out", bytesOut.load(ordering: .relaxed)),
             ("chunks_delivered", chunksDelivered.load(ordering: .relaxed)),
+            ("elements_delivered", elementsDelivered.load(ordering: .relaxed)),
+            ("stream_errors", streamErrors.load(ordering: .relaxed)),
             ("malformed_requests", malformedRequests.load(ordering: .relaxed)),
             ("unknown_connection", unknownConnection.load(ordering: .relaxed)),
             ("undeliverable", undeliverable.load(ordering: .relaxed)),

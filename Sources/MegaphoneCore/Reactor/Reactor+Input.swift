@@ -16,6 +16,11 @@ extension Reactor {
         guard !table[fd].flags.contains(.closing) else { return }
         if !announced.isEmpty { announced[connID] = nil }
         table[fd].owner = owner
+        if case .parsed(let input) = table[fd].framing, let config {
+            // The session's first get_data (xmpp_socket activates the socket once, at accept)
+            // opens the window; `credit` keeps it open.
+            input.credit = Swift.max(input.credit, config.window)
+        }
         table[fd].flags.insert(.armed)
         serve(fd)
     }
@@ -49,6 +54,10 @@ extension Reactor {
     /// Delivers one chunk to the owner of an armed connection, from pending input first, else from
     /// the socket. Disarms once a chunk is sent.
     func serve(_ fd: CInt) {
+        if case .parsed(let input) = table[fd].framing {
+            serveParsed(fd, input)
+            return
+        }
         guard let config else { return }
         let id = table[fd].connID
         if let inbound = table[fd].inbound, !inbound.isEmpty {
@@ -93,6 +102,87 @@ extension Reactor {
         } else if table[fd].flags.contains(.peerClosed) {
             // A chunk that filled up just before the EOF: tcp_closed follows it all the same.
             finishIfDrained(fd)
+        }
+    }
+}
+
+/// Reading a parsed connection: as long as its owner has credit, parse what is pending and then
+/// what the socket has, a few chunks per turn (`again` brings it back next turn), so one fast client
+/// cannot hold the loop. Unparsed bytes wait in `inbound`.
+extension Reactor {
+    static let chunksPerTurn = 4
+
+    func serveParsed(_ fd: CInt, _ input: ParsedInput) {
+        guard let config else { return }
+        let id = table[fd].connID
+        var reads = 0
+        while input.credit > 0 && !input.parser.hasFailed && !table[fd].flags.contains(.closing) {
+            if let inbound = table[fd].inbound, !inbound.isEmpty {
+                inbound.withFront { parse(fd, input, $0) }
+                if inbound.isEmpty {
+                    table[fd].inbound = nil
+                    if table[fd].flags.contains(.peerClosed) { finishIfDrained(fd) }
+                }
+                continue
+            }
+            guard !table[fd].flags.contains(.eofNotified), table[fd].flags.contains(.readable) else { return }
+            guard toErlang.mayRead() else {
+                starved.insert(id)
+                return
+            }
+            guard reads < Self.chunksPerTurn else {
+                again.append(id)
+                return
+            }
+            var limit = config.maxChunk
+            if input.shaper != nil {
+                let now = monotonicMillis()
+                let allowed = input.shaper?.allowance(now: now) ?? 0
+                guard allowed > 0 else {
+                    paced[id] = input.shaper?.resumeAt(now: now) ?? now
+                    return
+                }
+                limit = Swift.min(limit, allowed)
+            }
+            reads += 1
+            let buffer = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<limit])
+            let (filled, end) = table[fd].transport.fill(fd, buffer, peerClosed: table[fd].flags.contains(.peerClosed))
+            if filled > 0 {
+                counters.bytesIn.add(filled, ordering: .relaxed)
+                input.shaper?.spend(filled)
+                let bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<filled])
+                let used = parse(fd, input, bytes)
+                if used < filled && !input.parser.hasFailed {
+                    let rest = ByteQueue()
+                    rest.append(UnsafeRawBufferPointer(rebasing: bytes[used...]))
+                    table[fd].inbound = rest
+                }
+            }
+            switch end {
+            case .open(let readable):
+                if !readable { table[fd].flags.remove(.readable) }
+            case .eof:
+                // What the client sent before its EOF is parsed first; tcp_closed follows it.
+                if table[fd].inbound == nil { clientFinished(fd) } else { table[fd].flags.insert(.peerClosed) }
+                return
+            case .failed(let reason, let closeReason, let detail):
+                if let detail {
+                    logger.debug("TLS read failed", metadata: ["connection.id": "\(id)", "error": "\(detail)"])
+                }
+                closeConnection(fd, reason: closeReason, notify: .error(connID: id, reason: reason))
+                return
+            }
+            if table[fd].flags.contains(.peerClosed) && table[fd].inbound == nil { finishIfDrained(fd) }
+        }
+    }
+
+    /// Serves the parsed connections that stopped last turn with input left.
+    func serveAgain() {
+        let ids = again
+        again.removeAll(keepingCapacity: true)
+        for id in ids {
+            guard let fd = establishedFD(of: id), case .parsed = table[fd].framing else { continue }
+            serve(fd)
         }
     }
 }

@@ -62,6 +62,11 @@ public final class Reactor: @unchecked Sendable {
     var coalescedOrder: [UInt64] = []
     /// Armed connections left unread while the distribution queue was full, until `.resumeReads`.
     var starved: Set<UInt64> = []
+    /// Parsed connections that stopped reading with input left and credit to spend, so that one
+    /// fast client cannot hold the loop: served again next turn.
+    var again: [UInt64] = []
+    /// Parsed connections held back by their shaper, and when to read them again.
+    var paced: [UInt64: Int64] = [:]
     let toErlang: ByteBudget
     /// put_data and send_data bytes the distribution thread posted to this reactor (and its siblings).
     let toClients: ByteBudget
@@ -124,7 +129,7 @@ public final class Reactor: @unchecked Sendable {
     /// Runs until a `.shutdown` command has been carried out. Call on the reactor's own thread only.
     public func run() {
         while running {
-            runOnce(timeout: needsTimer ? 250 : -1)
+            runOnce(timeout: !again.isEmpty ? 0 : !paced.isEmpty ? 10 : needsTimer ? 250 : -1)
         }
     }
 
@@ -139,11 +144,14 @@ public final class Reactor: @unchecked Sendable {
     /// announce deadlines need `runOnce` at least every 250 ms.
     public var needsTimer: Bool {
         !closing.isEmpty || !acceptor.paused.isEmpty || !opening.isEmpty
-            || !lingering.isEmpty || !announced.isEmpty
+            || !lingering.isEmpty || !announced.isEmpty || !again.isEmpty || !paced.isEmpty
     }
 
     /// Whether commands wait that no eventfd announces (an inline reactor's).
     public var hasUnsignalledCommands: Bool { !commands.signalling && !commands.isEmpty }
+
+    /// Whether parsed connections wait to be served again (`again`): the next turn must not block.
+    public var hasInputToServe: Bool { !again.isEmpty }
 
     /// One turn: waits up to `timeout` ms (-1: forever) for I/O and commands, handles them, runs the
     /// timers and posts what it has for the distribution thread.
@@ -176,6 +184,7 @@ public final class Reactor: @unchecked Sendable {
                 handleIO(fd, events: ev.events)
             }
         }
+        if !again.isEmpty { serveAgain() }
         if needsTimer { sweep(now: monotonicMillis()) }
         if shuttingDown && table.count == 0 {
             outbox.append(.drained(reactor: index))
@@ -222,6 +231,12 @@ public final class Reactor: @unchecked Sendable {
                 sendData(connID: id, bytes: bytes)
             case .close(let id):
                 close(connID: id)
+            case .credit(let id, let elements):
+                credit(connID: id, elements: elements)
+            case .resetStream(let id):
+                resetStream(connID: id)
+            case .shaper(let id, let rate):
+                setShaper(connID: id, rate: rate)
             case .resumeReads:
                 resumeReads()
             case .nodeDown(let node):
@@ -289,5 +304,6 @@ public final class Reactor: @unchecked Sendable {
         if !lingering.isEmpty { lingering.sweep(now: now) }
         if !closing.isEmpty { sweepClosing(now: now) }
         if !acceptor.paused.isEmpty { acceptor.resumePaused(now: now, epfd: epfd) }
+        if !paced.isEmpty { sweepPaced(now: now) }
     }
 }

@@ -1,3 +1,5 @@
+import MegaphoneXML
+
 /// What a reactor runs with; replaced as a whole by every `start`.
 public struct ReactorConfig: Sendable {
     public var controller: PidRef
@@ -20,6 +22,11 @@ public struct ReactorConfig: Sendable {
     public var streamHeaderTimeoutMillis: Int64?
     /// How long an announced connection may go without a get_data; nil: no limit.
     public var announceTimeoutMillis: Int64?
+    /// Whether new connections are parsed by the node (`InputMode.parsed`), with these bounds and
+    /// this many elements in flight before the session grants more.
+    public var parser: InputMode
+    public var xmlLimits: XMLStreamLimits
+    public var window: Int
 
     public init(controller: PidRef, options: StartOptions, tls: TLSContext? = nil) {
         self.controller = controller
@@ -33,6 +40,9 @@ public struct ReactorConfig: Sendable {
         connectionRate = options.connectionRatePerIP
         streamHeaderTimeoutMillis = options.streamHeaderTimeoutMillis.map(Int64.init)
         announceTimeoutMillis = options.announceTimeoutMillis.map(Int64.init)
+        parser = options.parser
+        xmlLimits = XMLStreamLimits(maxStanzaSize: options.maxStanzaSize)
+        window = options.window
         self.tls = tls
     }
 }
@@ -50,6 +60,12 @@ public enum ReactorCommand: Sendable {
     case putData(replyTo: PidRef?, connID: UInt64, bytes: [UInt8])
     case sendData(connID: UInt64, bytes: [UInt8])
     case close(connID: UInt64)
+    /// `credit`: the owner of a parsed connection may take `elements` more.
+    case credit(connID: UInt64, elements: Int)
+    /// `reset_stream`: parse what comes next as a new stream.
+    case resetStream(connID: UInt64)
+    /// `shaper`: read at most `rate.0` bytes a second, bursts of `rate.1`; nil: no limit.
+    case shaper(connID: UInt64, rate: (Int, Int)?)
     /// The distribution queue has drained: read the sockets left unread while it was full.
     case resumeReads
     /// The distribution link to this node is gone: close the connections its processes own.

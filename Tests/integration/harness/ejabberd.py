@@ -160,7 +160,12 @@ class Ejabberd:
                       "    shaper: c2s_shaper",
                       "    max_stanza_size: 262144",
                       f"    connect_retry: {self.connect_retry}"]
-            lines += [f"    {k}: {_yaml_value(v)}" for k, v in self.megaphone_opts.items()]
+            opts = dict(self.megaphone_opts)
+            # The suite runs in both modes: MEGAPHONE_PARSER picks who parses the clients' XML
+            # where a test does not set it itself.
+            if os.environ.get("MEGAPHONE_PARSER") and "parser" not in opts:
+                opts["parser"] = os.environ["MEGAPHONE_PARSER"]
+            lines += [f"    {k}: {_yaml_value(v)}" for k, v in opts.items()]
             mp = "\n".join(lines) + "\n"
         native_tls = certfiles = ""
         c2s_extra = "".join(f"    {k}: {_yaml_value(v)}\n" for k, v in self.c2s_opts.items())
