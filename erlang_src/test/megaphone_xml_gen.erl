@@ -264,7 +264,12 @@ value_piece() ->
         _ -> oneof([<<"v">>, <<"id-7">>, <<"a b">>, <<"x@y/z">>])
     end.
 
-%% A value in either quote; the other quote may appear inside literally.
+%% A value in either quote; the other quote may appear inside literally,
+%% but not in namespace declarations: a URI must stay equal to the one it
+%% repeats, or fxml's "same namespace as the parent" rule never fires.
+attr(<<"xmlns", _/binary>> = Name, Value) ->
+    Q = oneof([<<"'">>, <<"\"">>]),
+    [Name, eq(), Q, Value, Q];
 attr(Name, Value) ->
     case uniform(2) of
         1 -> [Name, eq(), <<"'">>, Value, oneof([<<>>, <<"\"">>]), <<"'">>];
