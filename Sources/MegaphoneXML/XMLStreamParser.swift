@@ -95,10 +95,12 @@ public struct XMLStreamParser {
     public mutating func flushStreamCData() -> XMLStreamEvent? {
         guard failed == nil, reportsStreamCData, depth == 1, lex == .content,
               let w = work, !w.text.isEmpty else { return nil }
-        let text = w.text
+        var text = w.text
         w.text.removeAll()
+        // expat holds a CR at the end of its input until it knows whether a LF follows.
+        if afterCR { text.removeLast() }
         releaseIfIdle()
-        return .streamCData(text)
+        return text.isEmpty ? nil : .streamCData(text)
     }
 
     mutating func releaseIfIdle() {
