@@ -205,7 +205,7 @@ mod_options(_Host) ->
      {tls_min_version, undefined},
      {handshake_timeout, undefined},
      {max_handshakes_per_ip, undefined},
-     {parser, ejabberd}].
+     {parser, megaphone}].
 
 mod_doc() ->
     #{desc =>
@@ -273,7 +273,7 @@ mod_doc() ->
                        "malformed or restricted XML is refused at the edge with the "
                        "stream errors ejabberd sends. 'ejabberd': the node forwards "
                        "raw bytes and each session parses them, as on ejabberd's "
-                       "own listener. The default is 'ejabberd'."]}},
+                       "own listener. The default is 'megaphone'."]}},
            {max_fsm_queue,
             #{value => "Size",
               desc => ["As the c2s listener option; by default the global one."]}},
