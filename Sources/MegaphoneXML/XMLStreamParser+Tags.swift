@@ -8,7 +8,7 @@ extension XMLStreamParser {
             return .fail(.duplicateAttribute)
         }
         let resolved: ResolvedTag
-        switch Self.resolve(tag, depth: depth + 1, frames: work.stack, stream: stream) {
+        switch Self.resolve(tag, depth: Int(depth) + 1, frames: work.stack, stream: stream) {
         case .success(let r): resolved = r
         case .failure(let error): return .fail(error)
         }

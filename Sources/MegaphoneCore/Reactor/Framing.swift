@@ -22,7 +22,7 @@ enum Framing {
 /// most one of each.
 final class ParsedInput {
     var parser = XMLStreamParser()
-    var credit = 0
+    var credit: Int32 = 0
     /// The session's shaper, once `change_shaper` has named one.
     var shaper: ReadShaper? = nil
     /// A stream header has reached the session since the last reset: it has answered with its own.
@@ -91,7 +91,7 @@ extension Reactor {
     func credit(connID: UInt64, elements: Int) {
         guard let fd = establishedFD(of: connID), case .parsed(let input) = table[fd].framing,
               !table[fd].flags.contains(.closing) else { return }
-        input.credit += elements
+        input.credit = Int32(Swift.min(Int(Int32.max), Int(input.credit) + elements))
         table[fd].flags.insert(.armed)
         serve(fd)
     }
