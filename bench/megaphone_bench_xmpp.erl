@@ -21,6 +21,10 @@
                               system_cpu/0, slab_kb/0]).
 
 -define(LOGIN_TIMEOUT, 600000).
+%% The parts of erlang:memory() reported per session (`system' includes
+%% binary, ets, atom and code; NIF allocations such as fxml's parsers count
+%% in `system' only).
+-define(MEM_PARTS, [total, processes, system, binary, ets, atom, code]).
 
 %%====================================================================
 %% API
@@ -131,11 +135,14 @@ register_users(Ej, N) ->
 %% Readings
 %%====================================================================
 
-%% A snapshot of every figure a run compares.
+%% A snapshot of every figure a run compares. ej_mem is erlang:memory(total);
+%% ej_mem_parts the parts the report breaks it into (?MEM_PARTS).
 read(#{ej := Ej, ej_pid := EjPid, mp := MPs}) ->
+    Mem = rpc(Ej, erlang, memory, []),
     #{t => erlang:monotonic_time(microsecond),
       ej_rss => rss(proc_status(EjPid)),
-      ej_mem => rpc(Ej, erlang, memory, [total]),
+      ej_mem => proplists:get_value(total, Mem),
+      ej_mem_parts => maps:with(?MEM_PARTS, maps:from_list(Mem)),
       mp_rss => lists:sum([rss(proc_status(P)) || {_, P} <- MPs]),
       slab => slab_kb(),
       ej_cpu => cpu_ticks(EjPid),
@@ -255,13 +262,17 @@ do_mem_run(Cfg = #{ej := Ej, n := N}) ->
     Res = (mem_figures(R0, R2, N))#{
             n => N, login_secs => Secs, logins_s => N / Secs, settle_secs => Settle,
             ej_mem_gc_b => (maps:get(ej_mem, R3) - maps:get(ej_mem, R0)) / N,
+            mem_parts_b => mem_parts(R0, R2, N), mem_parts_gc_b => mem_parts(R0, R3, N),
             ej_us_login => (maps:get(ej_cpu, R1) - maps:get(ej_cpu, R0)) / Hz * 1.0e6 / N,
             mp_us_login => (maps:get(mp_cpu, R1) - maps:get(mp_cpu, R0)) / Hz * 1.0e6 / N,
             pinged => maps:get(ok, Ping)},
     progress("  ~b sessions: ~.1f logins/s, ejabberd ~.1f us/login; ejabberd RSS ~.1f B/session, "
-             "erlang:memory ~.1f B/session, Swift RSS ~.1f B/conn, Slab ~.1f B/conn",
+             "erlang:memory ~.1f B/session (system ~.1f, processes ~.1f; after a full GC ~.1f), "
+             "Swift RSS ~.1f B/conn, Slab ~.1f B/conn",
              [N, maps:get(logins_s, Res), maps:get(ej_us_login, Res), maps:get(ej_rss_b, Res),
-              maps:get(ej_mem_b, Res), maps:get(mp_rss_b, Res), maps:get(slab_b, Res)]),
+              maps:get(ej_mem_b, Res), maps:get(system, maps:get(mem_parts_b, Res)),
+              maps:get(processes, maps:get(mem_parts_b, Res)), maps:get(ej_mem_gc_b, Res),
+              maps:get(mp_rss_b, Res), maps:get(slab_b, Res)]),
     Res.
 
 %% After the logins: idle until ejabberd's erlang:memory(total) moves by less
@@ -282,6 +293,10 @@ settle_loop(Cfg, N, Prev, Deadline) ->
         true -> R;
         false -> settle_loop(Cfg, N, R, Deadline)
     end.
+
+%% erlang:memory() parts, per session, between two readings.
+mem_parts(#{ej_mem_parts := P0}, #{ej_mem_parts := P1}, N) ->
+    maps:map(fun(K, V1) -> (V1 - maps:get(K, P0)) / N end, P1).
 
 mem_figures(R0, R1, N) ->
     D = fun(K) -> maps:get(K, R1) - maps:get(K, R0) end,
