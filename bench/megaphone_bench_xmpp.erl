@@ -293,7 +293,7 @@ settle(Cfg = #{ej := Ej}, N) ->
 %% 1.5 MB each (seen at 2,000 sessions: 2-7 MB in `processes', which then
 %% vanish and came off the sessions' figures); and garbage from its start
 %% would come off the after-GC figure.
-baseline(Cfg = #{ej := Ej}) ->
+baseline(Cfg) ->
     T0 = erlang:monotonic_time(millisecond),
     R = baseline_loop(Cfg, quiet_reading(Cfg), deadline(30000)),
     progress("  baseline after ~.1f s: ~b processes, erlang:memory(total) ~b B",
@@ -399,8 +399,7 @@ fmt(X) -> io_lib:format("~.1f", [X]).
 do_scale_run(Cfg = #{ej := Ej, mp := MPs, n := N, hold := Hold, clk_tck := Hz}) ->
     wait_until(fun() -> ej_sessions(Ej) =:= 0 end, 120000, "ejabberd sessions = 0 before a run"),
     warm_up(Cfg, maps:get(warmup_logins, Cfg, 0)),
-    gc_all(Ej),
-    R0 = read(Cfg),
+    R0 = baseline(Cfg),
     {Pools, Secs} = login(Cfg, 1, N),
     R1 = read(Cfg),
     progress("  ~b sessions logged in and verified in ~.1f s; holding them ~b s", [N, Secs, Hold]),
