@@ -68,6 +68,13 @@ public struct XMLStreamParser {
         }
         var i = 0
         while i < bytes.count {
+            if !utf8.inProgress {
+                let run = fastRun(bytes, at: i, limits)
+                if run > 0 {
+                    i += run
+                    continue
+                }
+            }
             let b = bytes[i]
             i += 1
             if sinceEvent < Int32.max { sinceEvent += 1 }

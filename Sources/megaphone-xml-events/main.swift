@@ -49,6 +49,28 @@ func record(_ list: [XMLStreamEvent]) -> [UInt8] {
 }
 
 var args = Array(CommandLine.arguments.dropFirst())
+if args.first == "--throughput" {
+    // Parser speed (bench/parser_throughput): every FILE parsed whole, repeatedly, for ~2 s.
+    let files = args.dropFirst().compactMap { FileManager.default.contents(atPath: $0).map { [UInt8]($0) } }
+    let total = files.reduce(0) { $0 + $1.count }
+    guard total > 0 else { exit(2) }
+    let clock = ContinuousClock()
+    var rounds = 0
+    var elements = 0
+    let start = clock.now
+    while clock.now - start < .seconds(2) {
+        for f in files {
+            for e in events(f, chunks: [0..<f.count], limits: XMLStreamLimits(maxStanzaSize: Int.max)) {
+                if case .element = e { elements += 1 }
+            }
+        }
+        rounds += 1
+    }
+    let secs = Double((clock.now - start).components.attoseconds) / 1e18 + Double((clock.now - start).components.seconds)
+    print(String(format: "%.1f MB/s, %.2f us per top-level element (%d bytes, %d elements per round, %d rounds)",
+                 Double(total * rounds) / secs / 1e6, secs * 1e6 / Double(max(elements, 1)), total, elements / rounds, rounds))
+    exit(0)
+}
 if args == ["--sizes"] {
     // What an idle stream's parser holds (bench/parser_idle_memory): the struct, inline in the
     // node's per-connection object; between stanzas nothing else but the shared namespace context.

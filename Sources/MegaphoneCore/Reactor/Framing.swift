@@ -23,8 +23,8 @@ enum Framing {
 final class ParsedInput {
     var parser = XMLStreamParser()
     var credit: Int32 = 0
-    /// The session's shaper, once `change_shaper` has named one.
-    var shaper: ReadShaper? = nil
+    /// The session's shaper, once `change_shaper` has named one (`.none` until then).
+    var shaper = ReadShaper.none
     /// A stream header has reached the session since the last reset: it has answered with its own.
     var streamOpen = false
 }
@@ -99,8 +99,8 @@ extension Reactor {
     /// `shaper`: read this connection at most at `rate` bytes a second (nil: as fast as it comes).
     func setShaper(connID: UInt64, rate: (Int, Int)?) {
         guard let fd = establishedFD(of: connID), case .parsed(let input) = table[fd].framing else { return }
-        input.shaper = rate.map { ReadShaper(rate: $0.0, burst: $0.1, now: monotonicMillis()) }
-        if input.shaper == nil, paced.removeValue(forKey: connID) != nil { serve(fd) }
+        input.shaper = rate.map { ReadShaper(rate: $0.0, burst: $0.1, now: monotonicMillis()) } ?? .none
+        if !input.shaper.isLimited, paced.removeValue(forKey: connID) != nil { serve(fd) }
     }
 
     /// Serves the connections whose shaper has let enough bytes through again.

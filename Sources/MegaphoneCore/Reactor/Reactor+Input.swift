@@ -135,11 +135,11 @@ extension Reactor {
                 return
             }
             var limit = config.maxChunk
-            if input.shaper != nil {
+            if input.shaper.isLimited {
                 let now = monotonicMillis()
-                let allowed = input.shaper?.allowance(now: now) ?? 0
+                let allowed = input.shaper.allowance(now: now)
                 guard allowed > 0 else {
-                    paced[id] = input.shaper?.resumeAt(now: now) ?? now
+                    paced[id] = input.shaper.resumeAt(now: now)
                     return
                 }
                 limit = Swift.min(limit, allowed)
@@ -149,7 +149,7 @@ extension Reactor {
             let (filled, end) = table[fd].transport.fill(fd, buffer, peerClosed: table[fd].flags.contains(.peerClosed))
             if filled > 0 {
                 counters.bytesIn.add(filled, ordering: .relaxed)
-                input.shaper?.spend(filled)
+                input.shaper.spend(filled)
                 let bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<filled])
                 let used = parse(fd, input, bytes)
                 if used < filled && !input.parser.hasFailed {

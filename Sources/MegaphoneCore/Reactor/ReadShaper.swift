@@ -3,28 +3,39 @@
 /// connection's session has no socket to pace, so `change_shaper` sends the node its rate
 /// (`{shaper, ConnId, {Rate, Burst}}`) and the node reads no faster; the rest waits in the kernel.
 ///
-/// 24 bytes (every parsed session has a shaper: ejabberd's `c2s_shaper`): rates and tokens in 32
-/// bits (up to 2 GB/s), the clock in milliseconds.
+/// 16 bytes, inline in every parsed connection (every session has a shaper: ejabberd's
+/// `c2s_shaper`): rates and tokens in 32 bits (up to 2 GB/s), the clock in wrapping 32-bit
+/// milliseconds (a gap is at most 24 days, and a longer one only caps at a full bucket). A rate
+/// of 0 is no shaper.
 struct ReadShaper: Equatable {
-    private var rate: Int32
-    private var burst: Int32
-    private var tokens: Int32
-    private var last: Int64
+    private var rate: Int32 = 0
+    private var burst: Int32 = 0
+    private var tokens: Int32 = 0
+    private var last: UInt32 = 0
+
+    /// No limit.
+    static let none = ReadShaper()
+
+    var isLimited: Bool { rate > 0 }
+
+    private init() {}
 
     init(rate: Int, burst: Int, now: Int64) {
         let r = Swift.min(Swift.max(1, rate), Int(Int32.max))
         self.rate = Int32(r)
         self.burst = Int32(Swift.min(Swift.max(r / 10, burst, 1), Int(Int32.max)))
         tokens = self.burst
-        last = now
+        last = UInt32(truncatingIfNeeded: now)
     }
 
     /// Bytes that may be read now.
     mutating func allowance(now: Int64) -> Int {
-        if now > last {
-            let refill = Swift.min(Int64(burst), (now - last) * Int64(rate) / 1000)
+        let now32 = UInt32(truncatingIfNeeded: now)
+        let elapsed = Int64(Int32(bitPattern: now32 &- last))
+        if elapsed > 0 {
+            let refill = Swift.min(Int64(burst), elapsed * Int64(rate) / 1000)
             tokens = Int32(Swift.min(Int64(burst), Int64(tokens) + refill))
-            last = now
+            last = now32
         }
         return Int(tokens)
     }
@@ -36,6 +47,6 @@ struct ReadShaper: Equatable {
     func resumeAt(now: Int64) -> Int64 {
         let want = Swift.min(Int64(burst), 4096)
         let missing = Swift.max(1, want - Int64(tokens))
-        return now + Swift.max(1, (missing * 1000 + Int64(rate) - 1) / Int64(rate))
+        return now + Swift.max(1, (missing * 1000 + Int64(Swift.max(rate, 1)) - 1) / Int64(Swift.max(rate, 1)))
     }
 }

@@ -35,6 +35,8 @@ struct ParsedInputFootprintTests {
         #expect(input.parser.stream === StreamContext.client)
         #expect(MemoryLayout<XMLStreamParser>.size <= 48)
         let bytes = mallocUsableSize(Unmanaged.passUnretained(input).toOpaque())
-        #expect(bytes <= 120, "ParsedInput takes \(bytes) bytes of heap")
+        // One 96-byte malloc chunk (88 usable): with the slot's word and the table, an idle parsed
+        // connection stays under 256 bytes.
+        #expect(bytes <= 88, "ParsedInput takes \(bytes) bytes of heap")
     }
 }
