@@ -209,6 +209,16 @@ struct XMLStreamParserTests {
         #expect(stanzas("<a abcdefghijklmn='1'/>", limits: limits) == [.error(.tooBig)])
     }
 
+    /// Regression (found by FuzzXMLStream): the bound was checked before appending a character, so
+    /// a name one byte short of it took a multi-byte character and ended up to 3 bytes too long.
+    @Test func theNameLimitCountsBytesOfMultiByteCharacters() {
+        let limits = XMLStreamLimits(maxNameLength: 13)
+        #expect(stanzas("<abcdefghijk\u{E9}/>", limits: limits).count == 1)
+        #expect(stanzas("<abcdefghijkl\u{E9}/>", limits: limits) == [.error(.tooBig)])
+        #expect(stanzas("<a abcdefghijk\u{20AC}='1'/>", limits: limits) == [.error(.tooBig)])
+        #expect(stanzas("<body>&abcdefghijkl\u{E9};</body>", limits: limits) == [.error(.tooBig)])
+    }
+
     @Test func afterAnErrorEveryFeedGivesTheSameErrorAndConsumesNothing() {
         var parser = XMLStreamParser()
         let bytes = Array((Self.header + "<a></b><iq/>").utf8)
