@@ -42,7 +42,8 @@ public func fuzzXMLStream(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
 
     var byMode: [[XMLStreamEvent]] = []
     for reportsStreamCData in [false, true] {
-        let whole = run(input, reads: [input.count], limits, reportsStreamCData)
+        // The events' own checks run on the whole input alone: the other runs must give the same events.
+        let whole = run(input, reads: [input.count], limits, reportsStreamCData, checksEvents: true)
         check(run(input, reads: reads, limits, reportsStreamCData) == whole, "events depend on the read sizes")
         check(run(input, reads: byteByByte, limits, reportsStreamCData) == whole, "events differ fed byte by byte")
         check(run(input, reads: [input.count], limits, reportsStreamCData, resetAfter: reads.first ?? 0) == whole,
@@ -58,7 +59,7 @@ public func fuzzXMLStream(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
 /// `feed`'s contract and every event, and returns the events with adjacent `streamCData` merged.
 /// With `resetAfter`, first feeds that many bytes to the parser and resets it.
 func run(_ input: [UInt8], reads: [Int], _ limits: XMLStreamLimits, _ reportsStreamCData: Bool,
-         resetAfter: Int? = nil) -> [XMLStreamEvent] {
+         checksEvents: Bool = false, resetAfter: Int? = nil) -> [XMLStreamEvent] {
     var parser = XMLStreamParser(reportsStreamCData: reportsStreamCData)
     var events: [XMLStreamEvent] = []
     input.withUnsafeBytes { bytes in
@@ -87,7 +88,7 @@ func run(_ input: [UInt8], reads: [Int], _ limits: XMLStreamLimits, _ reportsStr
                     check(used == given, "no event, yet bytes left unconsumed")
                     break
                 }
-                checkEvent(event, limits)
+                if checksEvents { checkEvent(event, limits) }
                 if used == 0 {
                     switch event {
                     case .error, .streamEnd, .streamCData: break
@@ -123,7 +124,7 @@ func run(_ input: [UInt8], reads: [Int], _ limits: XMLStreamLimits, _ reportsStr
         if let event = parser.flushStreamCData() {
             check(reportsStreamCData, "streamCData flushed although not asked for")
             guard case .streamCData = event else { check(false, "flush gave another event"); return }
-            checkEvent(event, limits)
+            if checksEvents { checkEvent(event, limits) }
             check(parser.flushStreamCData() == nil, "text flushed twice")
             add(event, to: &events)
         }
