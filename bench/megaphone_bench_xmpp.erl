@@ -21,6 +21,10 @@
                               system_cpu/0, slab_kb/0]).
 
 -define(LOGIN_TIMEOUT, 600000).
+%% The parts of erlang:memory() reported per session (`system' includes
+%% binary, ets, atom and code; NIF allocations such as fxml's parsers count
+%% in `system' only).
+-define(MEM_PARTS, [total, processes, system, binary, ets, atom, code]).
 
 %%====================================================================
 %% API
@@ -131,11 +135,14 @@ register_users(Ej, N) ->
 %% Readings
 %%====================================================================
 
-%% A snapshot of every figure a run compares.
+%% A snapshot of every figure a run compares. ej_mem is erlang:memory(total);
+%% ej_mem_parts the parts the report breaks it into (?MEM_PARTS).
 read(#{ej := Ej, ej_pid := EjPid, mp := MPs}) ->
+    Mem = rpc(Ej, erlang, memory, []),
     #{t => erlang:monotonic_time(microsecond),
       ej_rss => rss(proc_status(EjPid)),
-      ej_mem => rpc(Ej, erlang, memory, [total]),
+      ej_mem => proplists:get_value(total, Mem),
+      ej_mem_parts => maps:with(?MEM_PARTS, maps:from_list(Mem)),
       mp_rss => lists:sum([rss(proc_status(P)) || {_, P} <- MPs]),
       slab => slab_kb(),
       ej_cpu => cpu_ticks(EjPid),
@@ -242,8 +249,7 @@ warm_up(Cfg = #{resource := Res}, W) ->
 do_mem_run(Cfg = #{ej := Ej, n := N}) ->
     wait_until(fun() -> ej_sessions(Ej) =:= 0 end, 120000, "ejabberd sessions = 0 before a run"),
     warm_up(Cfg, maps:get(warmup_logins, Cfg, 0)),
-    rpc(Ej, erlang, garbage_collect, []),
-    R0 = read(Cfg),
+    R0 = baseline(Cfg),
     {Pools, Secs} = login(Cfg, 1, N),
     R1 = read(Cfg),
     {R2, R3, Settle} = settle(Cfg, N),
@@ -255,13 +261,17 @@ do_mem_run(Cfg = #{ej := Ej, n := N}) ->
     Res = (mem_figures(R0, R2, N))#{
             n => N, login_secs => Secs, logins_s => N / Secs, settle_secs => Settle,
             ej_mem_gc_b => (maps:get(ej_mem, R3) - maps:get(ej_mem, R0)) / N,
+            mem_parts_b => mem_parts(R0, R2, N), mem_parts_gc_b => mem_parts(R0, R3, N),
             ej_us_login => (maps:get(ej_cpu, R1) - maps:get(ej_cpu, R0)) / Hz * 1.0e6 / N,
             mp_us_login => (maps:get(mp_cpu, R1) - maps:get(mp_cpu, R0)) / Hz * 1.0e6 / N,
             pinged => maps:get(ok, Ping)},
     progress("  ~b sessions: ~.1f logins/s, ejabberd ~.1f us/login; ejabberd RSS ~.1f B/session, "
-             "erlang:memory ~.1f B/session, Swift RSS ~.1f B/conn, Slab ~.1f B/conn",
+             "erlang:memory ~.1f B/session (system ~.1f, processes ~.1f; after a full GC ~.1f), "
+             "Swift RSS ~.1f B/conn, Slab ~.1f B/conn",
              [N, maps:get(logins_s, Res), maps:get(ej_us_login, Res), maps:get(ej_rss_b, Res),
-              maps:get(ej_mem_b, Res), maps:get(mp_rss_b, Res), maps:get(slab_b, Res)]),
+              maps:get(ej_mem_b, Res), maps:get(system, maps:get(mem_parts_b, Res)),
+              maps:get(processes, maps:get(mem_parts_b, Res)), maps:get(ej_mem_gc_b, Res),
+              maps:get(mp_rss_b, Res), maps:get(slab_b, Res)]),
     Res.
 
 %% After the logins: idle until ejabberd's erlang:memory(total) moves by less
@@ -272,8 +282,40 @@ settle(Cfg = #{ej := Ej}, N) ->
     T0 = erlang:monotonic_time(millisecond),
     Settled = settle_loop(Cfg, N, read(Cfg), deadline(30000)),
     Secs = (erlang:monotonic_time(millisecond) - T0) / 1000,
-    rpc(Ej, lists, foreach, [fun erlang:garbage_collect/1, rpc(Ej, erlang, processes, [])]),
+    gc_all(Ej),
     {Settled, read(Cfg), Secs}.
+
+%% The reading before the logins, once ejabberd is quiet: every process
+%% garbage-collected, and the number of processes and erlang:memory(total)
+%% steady (< 10 processes, < 64 KB apart) over 1 s, at most 30 s. A freshly
+%% started ejabberd keeps loading code for seconds after it reports started:
+%% a dozen processes waiting in erl_prim_loader:request/1 with heaps of 0.5 to
+%% 1.5 MB each (seen at 2,000 sessions: 2-7 MB in `processes', which then
+%% vanish and came off the sessions' figures); and garbage from its start
+%% would come off the after-GC figure.
+baseline(Cfg) ->
+    T0 = erlang:monotonic_time(millisecond),
+    R = baseline_loop(Cfg, quiet_reading(Cfg), deadline(30000)),
+    progress("  baseline after ~.1f s: ~b processes, erlang:memory(total) ~b B",
+             [(erlang:monotonic_time(millisecond) - T0) / 1000, maps:get(ej_procs, R), maps:get(ej_mem, R)]),
+    R.
+
+baseline_loop(Cfg, Prev, Deadline) ->
+    timer:sleep(1000),
+    R = quiet_reading(Cfg),
+    case (abs(maps:get(ej_procs, R) - maps:get(ej_procs, Prev)) < 10 andalso
+          abs(maps:get(ej_mem, R) - maps:get(ej_mem, Prev)) < 65536) orelse remaining(Deadline) =:= 0 of
+        true -> R;
+        false -> baseline_loop(Cfg, R, Deadline)
+    end.
+
+quiet_reading(Cfg = #{ej := Ej}) ->
+    gc_all(Ej),
+    (read(Cfg))#{ej_procs => rpc(Ej, erlang, system_info, [process_count])}.
+
+%% Garbage-collects every process in ejabberd.
+gc_all(Ej) ->
+    rpc(Ej, lists, foreach, [fun erlang:garbage_collect/1, rpc(Ej, erlang, processes, [])]).
 
 settle_loop(Cfg, N, Prev, Deadline) ->
     timer:sleep(1000),
@@ -282,6 +324,10 @@ settle_loop(Cfg, N, Prev, Deadline) ->
         true -> R;
         false -> settle_loop(Cfg, N, R, Deadline)
     end.
+
+%% erlang:memory() parts, per session, between two readings.
+mem_parts(#{ej_mem_parts := P0}, #{ej_mem_parts := P1}, N) ->
+    maps:map(fun(K, V1) -> (V1 - maps:get(K, P0)) / N end, P1).
 
 mem_figures(R0, R1, N) ->
     D = fun(K) -> maps:get(K, R1) - maps:get(K, R0) end,
@@ -353,8 +399,7 @@ fmt(X) -> io_lib:format("~.1f", [X]).
 do_scale_run(Cfg = #{ej := Ej, mp := MPs, n := N, hold := Hold, clk_tck := Hz}) ->
     wait_until(fun() -> ej_sessions(Ej) =:= 0 end, 120000, "ejabberd sessions = 0 before a run"),
     warm_up(Cfg, maps:get(warmup_logins, Cfg, 0)),
-    rpc(Ej, erlang, garbage_collect, []),
-    R0 = read(Cfg),
+    R0 = baseline(Cfg),
     {Pools, Secs} = login(Cfg, 1, N),
     R1 = read(Cfg),
     progress("  ~b sessions logged in and verified in ~.1f s; holding them ~b s", [N, Secs, Hold]),

@@ -35,6 +35,7 @@
 
 %% Hooks.
 -export([c2s_handle_recv/3]).
+-export([c2s_handle_info/2]).
 
 %% gen_mod callbacks.
 -export([start/2]).
@@ -112,6 +113,8 @@ start(Host, Opts) ->
     %% First of the chain: a hook that stops the fold before ours would
     %% leave the node waiting for credit.
     ejabberd_hooks:add(c2s_handle_recv, Host, ?MODULE, c2s_handle_recv, 1),
+    %% Before ejabberd_c2s's own (100), which logs what it does not know.
+    ejabberd_hooks:add(c2s_handle_info, Host, ?MODULE, c2s_handle_info, 50),
     case gen_mod:start_child(?MODULE, Host, Opts, ?MODULE) of
         {ok, Pid} -> {ok, Pid};
         {error, {already_started, _}} ->
@@ -123,6 +126,7 @@ start(Host, Opts) ->
 -spec stop(binary()) -> ok.
 stop(Host) ->
     ejabberd_hooks:delete(c2s_handle_recv, Host, ?MODULE, c2s_handle_recv, 1),
+    ejabberd_hooks:delete(c2s_handle_info, Host, ?MODULE, c2s_handle_info, 50),
     case gen_mod:is_loaded_elsewhere(Host, ?MODULE) of
         true ->
             ok;
@@ -201,7 +205,7 @@ mod_options(_Host) ->
      {tls_min_version, undefined},
      {handshake_timeout, undefined},
      {max_handshakes_per_ip, undefined},
-     {parser, ejabberd}].
+     {parser, megaphone}].
 
 mod_doc() ->
     #{desc =>
@@ -269,7 +273,7 @@ mod_doc() ->
                        "malformed or restricted XML is refused at the edge with the "
                        "stream errors ejabberd sends. 'ejabberd': the node forwards "
                        "raw bytes and each session parses them, as on ejabberd's "
-                       "own listener. The default is 'ejabberd'."]}},
+                       "own listener. The default is 'megaphone'."]}},
            {max_fsm_queue,
             #{value => "Size",
               desc => ["As the c2s listener option; by default the global one."]}},
@@ -630,6 +634,17 @@ parser_options(Opts) ->
 -spec c2s_handle_recv(State, fxml:xmlel(), term()) -> State when State :: map().
 c2s_handle_recv(State, _El, _Pkt) ->
     megaphone_socket:element_handled(),
+    State.
+
+%% Runs inside a c2s for messages xmpp_stream_in does not know. A parsed
+%% session's node found XML that RFC 6120 section 11 forbids after the
+%% stream header (which the session has answered): fxml has no event for
+%% that, so the node sends this and the session ends its stream with
+%% <restricted-xml/>.
+-spec c2s_handle_info(State, term()) -> State | {stop, State} when State :: map().
+c2s_handle_info(#{lang := Lang} = State, {megaphone_restricted_xml, _ConnId, Text}) when is_binary(Text) ->
+    {stop, xmpp_stream_in:send(State, xmpp:serr_restricted_xml(Text, Lang))};
+c2s_handle_info(State, _Info) ->
     State.
 
 %% The c2s options: ours where set, else the first c2s listener's, as

@@ -31,12 +31,15 @@ final class StreamContext: Sendable {
     let namespace: [UInt8]
     /// Every prefix the header declares, with its namespace.
     let topPrefixes: [Binding]
+    /// The default namespace in scope below the header (`[]`: none).
+    let defaultNamespace: [UInt8]
 
     init(name: [UInt8], bindings: [Binding], namespace: [UInt8], topPrefixes: [Binding]) {
         self.name = name
         self.bindings = bindings
         self.namespace = namespace
         self.topPrefixes = topPrefixes
+        defaultNamespace = bindings.last(where: { $0.prefix.isEmpty })?.uri ?? []
     }
 
     static let streamsNS: [UInt8] = Array("http://etherx.jabber.org/streams".utf8)
@@ -73,6 +76,9 @@ struct Frame {
     var namespace: [UInt8]
     /// A prefix the stream header declared has been redeclared here or above.
     var redefinedTop: Bool
+    /// The default namespace in scope for this element's children (`[]`: none), so that resolving
+    /// an unprefixed name does not walk the open elements.
+    var defaultNamespace: [UInt8]
 }
 
 /// A start tag's pieces as read, before namespaces are applied.
@@ -122,6 +128,7 @@ extension XMLStreamParser {
     /// the tag's own declarations first; `[]` for no namespace, nil if the prefix is unbound.
     static func lookup(_ prefix: ArraySlice<UInt8>, own: [Binding], frames: [Frame], stream: StreamContext?) -> [UInt8]? {
         if let b = own.last(where: { $0.prefix[...] == prefix }) { return b.uri }
+        if prefix.isEmpty { return frames.last?.defaultNamespace ?? stream?.defaultNamespace ?? [] }
         for frame in frames.reversed() {
             if let b = frame.bindings.last(where: { $0.prefix[...] == prefix }) { return b.uri }
         }

@@ -25,14 +25,17 @@ extension XMLStreamParser {
             if c == 0xFEFF && lex == .start { lex = .afterBOM; return .more }
             if c == Self.lt { w.matched = 1; lex = .lt; return .more }
             if XMLChar.isSpace(c) { lex = .prolog; return .more }
-            return .fail(.syntax)
+            return .fail(.invalidToken)
         case .prolog:
             if XMLChar.isSpace(c) { return .more }
             if c == Self.lt { w.matched = 0; lex = .lt; return .more }
-            return .fail(.syntax)
+            return .fail(.invalidToken)
         case .epilog:
             if XMLChar.isSpace(c) { return .more }
-            return .fail(.junkAfterRoot)
+            guard c == Self.lt else { return .fail(.junkAfterRoot) }
+            w.matched = 2
+            lex = .lt
+            return .more
         case .lt:
             return afterLT(c, limits)
         case .startTagName:
@@ -114,9 +117,10 @@ extension XMLStreamParser {
     /// After `<`: a start tag, an end tag, `<!`, or `<?` (the XML declaration at the very start).
     mutating func afterLT(_ c: UInt32, _ limits: XMLStreamLimits) -> Outcome {
         let atStart = w.matched == 1
+        let afterRoot = w.matched == 2
         w.matched = 0
         if c == Self.slash {
-            guard depth >= 1 else { return .fail(.syntax) }
+            guard depth >= 1 else { return .fail(.invalidToken) }
             w.token.removeAll(keepingCapacity: true)
             lex = .endTagName
             return .more
@@ -129,6 +133,7 @@ extension XMLStreamParser {
             return .more
         }
         guard XMLChar.isNameStart(c) else { return .fail(.invalidToken) }
+        guard !afterRoot else { return .fail(.junkAfterRoot) }
         guard depth < limits.maxDepth else { return .fail(.tooBig) }
         w.tag.reset()
         lex = .startTagName

@@ -8,7 +8,7 @@ extension XMLStreamParser {
             return .fail(.duplicateAttribute)
         }
         let resolved: ResolvedTag
-        switch Self.resolve(tag, depth: depth + 1, frames: work.stack, stream: stream) {
+        switch Self.resolve(tag, depth: Int(depth) + 1, frames: work.stack, stream: stream) {
         case .success(let r): resolved = r
         case .failure(let error): return .fail(error)
         }
@@ -27,8 +27,11 @@ extension XMLStreamParser {
             }
             return .event(.streamStart(name: resolved.element.name, attributes: resolved.element.attributes))
         }
+        let inherited = work.stack.last?.defaultNamespace ?? stream?.defaultNamespace ?? []
+        let defaultNamespace = resolved.bindings.last(where: { $0.prefix.isEmpty })?.uri ?? inherited
         work.stack.append(Frame(qname: tag.qname, element: resolved.element, bindings: resolved.bindings,
-                                namespace: resolved.namespace, redefinedTop: resolved.redefinedTop))
+                                namespace: resolved.namespace, redefinedTop: resolved.redefinedTop,
+                                defaultNamespace: defaultNamespace))
         depth += 1
         return selfClosing ? closeElement() : .more
     }

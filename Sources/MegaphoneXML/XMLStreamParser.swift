@@ -19,7 +19,7 @@ public struct XMLStreamParser {
 
     var lex: Lex = .start
     /// Open elements, the stream element included.
-    var depth: Int = 0
+    var depth: Int32 = 0
     var utf8: UTF8Sequence = UTF8Sequence()
     /// The last content byte was CR: a LF right after it is dropped (line-end normalisation).
     var afterCR = false
@@ -27,10 +27,18 @@ public struct XMLStreamParser {
     var brackets: UInt8 = 0
     /// The stream element closed in the same tag that opened it (`<stream:stream/>`): its end is
     /// the next event.
-    var pendingEnd: [UInt8]? = nil
-    var failed: XMLStreamError? = nil
+    var pendingEnd: [UInt8]? {
+        get { rare?.pendingEnd }
+        set { rareState.pendingEnd = newValue }
+    }
+    var failed: XMLStreamError? {
+        get { rare?.failed }
+        set { rareState.failed = newValue }
+    }
+    /// What most streams never need, out of line so that an idle parser stays small.
+    var rare: Rare? = nil
     /// Bytes since the last event, against `maxStanzaSize`.
-    var sinceEvent: Int = 0
+    var sinceEvent: Int32 = 0
     var stream: StreamContext? = nil
     var work: Work? = nil
 
@@ -62,9 +70,9 @@ public struct XMLStreamParser {
         while i < bytes.count {
             let b = bytes[i]
             i += 1
-            sinceEvent += 1
+            if sinceEvent < Int32.max { sinceEvent += 1 }
             let outcome: Outcome
-            if sinceEvent >= limits.maxStanzaSize {
+            if Int(sinceEvent) >= limits.maxStanzaSize {
                 outcome = .fail(.tooBig)
             } else {
                 outcome = step(b, limits)
@@ -95,10 +103,12 @@ public struct XMLStreamParser {
     public mutating func flushStreamCData() -> XMLStreamEvent? {
         guard failed == nil, reportsStreamCData, depth == 1, lex == .content,
               let w = work, !w.text.isEmpty else { return nil }
-        let text = w.text
+        var text = w.text
         w.text.removeAll()
+        // expat holds a CR at the end of its input until it knows whether a LF follows.
+        if afterCR { text.removeLast() }
         releaseIfIdle()
-        return .streamCData(text)
+        return text.isEmpty ? nil : .streamCData(text)
     }
 
     mutating func releaseIfIdle() {
@@ -106,6 +116,15 @@ public struct XMLStreamParser {
               w.stack.isEmpty, w.text.isEmpty, !utf8.inProgress else { return }
         _ = w
         work = nil
+    }
+
+    var rareState: Rare {
+        mutating get {
+            if let rare { return rare }
+            let made = Rare()
+            rare = made
+            return made
+        }
     }
 
     var w: Work {
@@ -145,6 +164,12 @@ enum Outcome {
     case event(XMLStreamEvent)
     case eventBefore(XMLStreamEvent)
     case fail(XMLStreamError)
+}
+
+/// An error that ended the stream; the end of a stream element that closed in its own start tag.
+final class Rare {
+    var failed: XMLStreamError? = nil
+    var pendingEnd: [UInt8]? = nil
 }
 
 /// The buffers of whatever is in progress: a token, a start tag's attributes, the open elements of

@@ -49,6 +49,22 @@ func record(_ list: [XMLStreamEvent]) -> [UInt8] {
 }
 
 var args = Array(CommandLine.arguments.dropFirst())
+if args == ["--sizes"] {
+    // What an idle stream's parser holds (bench/parser_idle_memory): the struct, inline in the
+    // node's per-connection object; between stanzas nothing else but the shared namespace context.
+    var parser = XMLStreamParser()
+    let stream = Array("<stream:stream to='localhost' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'><message to='bob@localhost' type='chat' id='a1'><body>hello there, how are you?</body></message>".utf8)
+    var at = 0
+    stream.withUnsafeBytes { all in
+        while at < all.count {
+            let (used, event) = parser.feed(UnsafeRawBufferPointer(rebasing: all[at...]), limits: XMLStreamLimits())
+            at += used
+            if event == nil { break }
+        }
+    }
+    print("MegaphoneXML: parser state \(MemoryLayout<XMLStreamParser>.size) bytes; after a stream header and one message: idle = \(parser.isIdle), no buffer held")
+    exit(0)
+}
 var limits = XMLStreamLimits(maxStanzaSize: Int.max, maxDepth: 10_000, maxAttributes: 10_000, maxNameLength: 1 << 20)
 if let i = args.firstIndex(of: "--max-stanza-size"), i + 1 < args.count, let n = Int(args[i + 1]) {
     limits.maxStanzaSize = n

@@ -19,6 +19,12 @@ socket_test_() ->
      {"close/1 is close, and may be called twice", with_fake(fun close/0)},
      {"send_xml serialises", with_fake(fun send_xml/0)},
      {"get_transport is tcp or tls", fun transport/0},
+     {"parsed: the node owns the stream", fun parsed_owner/0},
+     {"parsed: setopts opens the window, handled elements give credit in batches",
+      with_fake(fun parsed_credit/0)},
+     {"parsed: reset_stream restarts the node's parser", with_fake(fun parsed_reset/0)},
+     {"parsed: change_shaper paces the node's reads", with_fake(fun parsed_shaper/0)},
+     {"raw: element_handled does nothing", with_fake(fun raw_element_handled/0)},
      {"an unconnected node fails the send, not the session", fun unconnected/0}].
 
 %% Runs Test in the test process with a relay registered as `megaphone'
@@ -85,6 +91,56 @@ unconnected() ->
     ?assertEqual({error, closed}, megaphone_socket:send(S, <<"x">>)),
     ?assertEqual({error, closed}, megaphone_socket:setopts(S, [{active, once}])),
     ?assertEqual(ok, megaphone_socket:close(S)).
+
+parsed(Transport) ->
+    {megaphone, node(), ?ID, Transport, node_pid()}.
+
+node_pid() ->
+    list_to_pid("<0.4242.0>").
+
+parsed_owner() ->
+    ?assertEqual(node_pid(), megaphone_socket:get_owner(parsed(tcp))),
+    ?assertEqual(tls, megaphone_socket:get_transport(parsed(tls))).
+
+parsed_credit() ->
+    Self = self(),
+    ok = megaphone_socket:setopts(parsed(tcp), [{active, once}]),
+    ?assertEqual({get_data, Self, ?ID}, got()),
+    Batch = megaphone_socket:window() div 2,
+    [megaphone_socket:element_handled() || _ <- lists:seq(1, Batch - 1)],
+    nothing_more(),
+    megaphone_socket:element_handled(),
+    ?assertEqual({credit, ?ID, Batch}, got()),
+    [megaphone_socket:element_handled() || _ <- lists:seq(1, Batch)],
+    ?assertEqual({credit, ?ID, Batch}, got()),
+    erase(megaphone_credit).
+
+parsed_reset() ->
+    S = parsed(tcp),
+    ?assertEqual(S, megaphone_socket:reset_stream(S)),
+    ?assertEqual({reset_stream, ?ID}, got()).
+
+parsed_shaper() ->
+    ok = megaphone_socket:change_shaper(parsed(tcp), p1_shaper_state(3000, 20000)),
+    ?assertEqual({shaper, ?ID, {3000, 20000}}, got()),
+    ok = megaphone_socket:change_shaper(parsed(tcp), none),
+    ?assertEqual({shaper, ?ID, none}, got()),
+    %% raw mode: xmpp_socket shapes its own reads
+    ok = megaphone_socket:change_shaper(socket(tcp), p1_shaper_state(3000, 20000)),
+    nothing_more().
+
+%% p1_shaper:new(Rate, Burst) of p1_utils 1.0.25 (not on this code path).
+p1_shaper_state(Rate, Burst) ->
+    {state, Rate, Burst, Burst, erlang:system_time(microsecond)}.
+
+raw_element_handled() ->
+    ok = megaphone_socket:setopts(socket(tcp), [{active, once}]),
+    _ = got(),
+    [megaphone_socket:element_handled() || _ <- lists:seq(1, 64)],
+    nothing_more().
+
+nothing_more() ->
+    receive {node_got, Unexpected} -> erlang:error({unexpected, Unexpected}) after 100 -> ok end.
 
 wait_unregistered() ->
     case whereis(megaphone) of

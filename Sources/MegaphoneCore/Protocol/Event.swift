@@ -8,6 +8,9 @@ public enum Event: Sendable, Equatable {
     /// `{'$gen_event', Event}`: a parsed connection's stream event, already encoded (the external
     /// term format of `{xmlstreamelement, El}` and the like, without the version byte).
     case stream(payload: [UInt8])
+    /// `{megaphone_restricted_xml, ConnId, Text}`: a parsed client sent XML that XMPP forbids
+    /// (comment, processing instruction, DTD, other entity); the session sends `<restricted-xml/>`.
+    case restrictedXML(connID: UInt64, text: String)
     /// `{tcp_closed, ConnId}`
     case closed(connID: UInt64)
     /// `{tcp_error, ConnId, Reason}`
@@ -22,6 +25,7 @@ public enum Event: Sendable, Equatable {
         switch self {
         case .data(_, let bytes): bytes.count
         case .stream(let payload): payload.count
+        case .restrictedXML(_, let text): text.utf8.count
         default: 0
         }
     }
@@ -45,6 +49,11 @@ public enum Event: Sendable, Equatable {
             e.tuple(2)
             e.atom("$gen_event")
             e.raw(payload)
+        case .restrictedXML(let id, let text):
+            e.tuple(3)
+            e.atom("megaphone_restricted_xml")
+            refs.encode(id, into: e)
+            e.binary(Array(text.utf8))
         case .closed(let id):
             e.tuple(2)
             e.atom("tcp_closed")

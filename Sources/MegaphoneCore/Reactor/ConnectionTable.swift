@@ -33,8 +33,6 @@ public struct ConnectionSlot {
     public var flags: Flags = []
     /// The opening stage (see `StreamOpening`): STARTTLS, handshake, or established.
     var opening: Opening = .established
-    /// The framing stage (see `Framing`); no bytes while `raw` is its only case.
-    var framing: Framing = .raw
     /// The client address's handle in `AddressLimiter` (0: not counted), given back when it closes.
     public var address: UInt32 = 0
     public var inbound: ByteQueue? = nil
@@ -42,6 +40,8 @@ public struct ConnectionSlot {
     /// How bytes cross the socket: plain, or the connection's TLS session (owned by the reactor, freed
     /// when it closes). One pointer wide.
     var transport: SocketTransport = .plain
+    /// The framing stage (see `Framing`): `raw`, or the parsed connection's state. One pointer wide.
+    var framing: Framing = .raw
 
     public var isFree: Bool { connID == 0 }
 }

@@ -22,9 +22,11 @@ enum Framing {
 /// most one of each.
 final class ParsedInput {
     var parser = XMLStreamParser()
-    var credit = 0
+    var credit: Int32 = 0
     /// The session's shaper, once `change_shaper` has named one.
     var shaper: ReadShaper? = nil
+    /// A stream header has reached the session since the last reset: it has answered with its own.
+    var streamOpen = false
 }
 
 /// The reactor's side of the framing stage.
@@ -57,6 +59,15 @@ extension Reactor {
     func send(_ event: XMLStreamEvent, of fd: CInt, _ input: ParsedInput) {
         let id = table[fd].connID
         var payload: [UInt8] = []
+        if case .error(.restricted(let text)) = event, input.streamOpen {
+            // ejabberd has no event for this: mod_megaphone's c2s_handle_info hook sends the
+            // session's <restricted-xml/> stream error. Before any header the session could not
+            // send it after its own header, so it gets the event and answers <not-well-formed/>.
+            counters.streamErrors.add(1, ordering: .relaxed)
+            toErlang.added(text.utf8.count)
+            emit(to: table[fd].owner, .restrictedXML(connID: id, text: text))
+            return
+        }
         ExternalTermFormat.encode(event, into: &payload)
         switch event {
         case .element:
@@ -64,6 +75,7 @@ extension Reactor {
             counters.elementsDelivered.add(1, ordering: .relaxed)
         case .streamStart:
             opening.headerWatch[id] = nil
+            input.streamOpen = true
         case .error(let error):
             counters.streamErrors.add(1, ordering: .relaxed)
             logger.debug("Client stream refused", metadata: ["connection.id": "\(id)", "error": "\(error.text)"])
@@ -79,7 +91,7 @@ extension Reactor {
     func credit(connID: UInt64, elements: Int) {
         guard let fd = establishedFD(of: connID), case .parsed(let input) = table[fd].framing,
               !table[fd].flags.contains(.closing) else { return }
-        input.credit += elements
+        input.credit = Int32(Swift.min(Int(Int32.max), Int(input.credit) + elements))
         table[fd].flags.insert(.armed)
         serve(fd)
     }
@@ -105,5 +117,6 @@ extension Reactor {
     func resetStream(connID: UInt64) {
         guard let fd = establishedFD(of: connID), case .parsed(let input) = table[fd].framing else { return }
         input.parser.reset()
+        input.streamOpen = false
     }
 }

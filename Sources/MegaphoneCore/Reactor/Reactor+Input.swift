@@ -19,7 +19,7 @@ extension Reactor {
         if case .parsed(let input) = table[fd].framing, let config {
             // The session's first get_data (xmpp_socket activates the socket once, at accept)
             // opens the window; `credit` keeps it open.
-            input.credit = Swift.max(input.credit, config.window)
+            input.credit = Swift.max(input.credit, Int32(config.window))
         }
         table[fd].flags.insert(.armed)
         serve(fd)

@@ -199,4 +199,38 @@ struct RequestTests {
         #expect(throws: RequestError.self) { try options([{ e in e.tuple(2); e.atom("stream_header_timeout"); e.uint(0) }]) }
         #expect(throws: RequestError.self) { try options([{ e in e.tuple(2); e.atom("max_connections_per_ip"); e.atom("lots") }]) }
     }
+
+    @Test func parsedModeRequestsAndOptions() throws {
+        #expect(try decode { e in e.tuple(3); e.atom("credit"); conn(e); e.uint(8) } == .credit(connID: 513, elements: 8))
+        #expect(try decode { e in e.tuple(2); e.atom("reset_stream"); conn(e) } == .resetStream(connID: 513))
+        #expect(try decode { e in e.tuple(3); e.atom("shaper"); conn(e); e.tuple(2); e.uint(1000); e.uint(5000) }
+                == .shaper(connID: 513, rate: ShaperRate(bytesPerSecond: 1000, burst: 5000)))
+        #expect(try decode { e in e.tuple(3); e.atom("shaper"); conn(e); e.atom("none") } == .shaper(connID: 513, rate: nil))
+        #expect(failure { e in e.tuple(3); e.atom("credit"); conn(e); e.int(0) }?.reason == .badarg("credit"))
+        #expect(failure { e in e.tuple(3); e.atom("credit"); conn(e); e.atom("lots") }?.reason == .badarg("credit"))
+        #expect(failure { e in e.tuple(3); e.atom("shaper"); conn(e); e.atom("fast") }?.reason == .badarg("shaper"))
+        #expect(failure { e in e.tuple(3); e.atom("shaper"); conn(e); e.tuple(2); e.uint(0); e.uint(1) }?.reason == .badarg("shaper"))
+
+        func options(_ opts: [(TermEncoder) -> Void]) throws -> StartOptions {
+            let request = try decode { e in
+                e.tuple(4); e.atom("start"); shellPid(e); e.atom("r")
+                e.list(opts.count); opts.forEach { $0(e) }; e.emptyList()
+            }
+            guard case .start(_, _, let options) = request else { throw RequestError(replyTo: nil, tag: .undefined, reason: .badarg("x")) }
+            return options
+        }
+        let defaults = try options([])
+        #expect(defaults.parser == .raw && defaults.window == 16 && defaults.maxStanzaSize == InputMode.stanzaSizeCap)
+        let parsed = try options([
+            { e in e.tuple(2); e.atom("parser"); e.atom("megaphone") },
+            { e in e.tuple(2); e.atom("max_stanza_size"); e.uint(65536) },
+            { e in e.tuple(2); e.atom("window"); e.uint(4) },
+        ])
+        #expect(parsed.parser == .parsed && parsed.maxStanzaSize == 65536 && parsed.window == 4)
+        #expect(try options([{ e in e.tuple(2); e.atom("max_stanza_size"); e.atom("infinity") }]).maxStanzaSize
+                == InputMode.stanzaSizeCap)
+        #expect(throws: RequestError.self) { try options([{ e in e.tuple(2); e.atom("parser"); e.atom("expat") }]) }
+        #expect(throws: RequestError.self) { try options([{ e in e.tuple(2); e.atom("window"); e.uint(0) }]) }
+        #expect(throws: RequestError.self) { try options([{ e in e.tuple(2); e.atom("max_stanza_size"); e.uint(1 << 30) }]) }
+    }
 }
