@@ -5,8 +5,8 @@ import PackageDescription
 // Request), the plaintext STARTTLS opening (StartTLSNegotiator), the metrics endpoint's HTTP
 // request heads (MetricsRequest) and clients' XML streams (MegaphoneXML's XMLStreamParser). A
 // package of its own so that the main `swift build`/`swift test` never sees `-sanitize=fuzzer`;
-// scripts/fuzz builds it with
-//   swift build -c debug -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library
+// scripts/fuzz builds each target with
+//   swift build -c debug -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library --product <Target>
 // and runs each target for a bounded time over its seed corpus in corpus/<Target>/.
 //
 // SwiftPM links an executable target's entry point as `<Target>_main`; libFuzzer brings its own
