@@ -107,7 +107,9 @@ extension XMLStreamParser {
     }
 
     mutating func appendName(_ c: UInt32, to name: inout [UInt8], _ limits: XMLStreamLimits) -> Outcome {
-        guard name.count < limits.maxNameLength else { return .fail(.tooBig) }
+        // The bound is on bytes: a name one byte short of it has no room for a 2- to 4-byte character.
+        let width = c < 0x80 ? 1 : c < 0x800 ? 2 : c < 0x10000 ? 3 : 4
+        guard name.count + width <= limits.maxNameLength else { return .fail(.tooBig) }
         UTF8Sequence.append(c, to: &name)
         return .more
     }
