@@ -109,7 +109,8 @@
              | {controller, pid()}
              | {parser, ejabberd | megaphone}
              | {max_stanza_size, pos_integer() | infinity}
-             | {window, pos_integer()}.
+             | {window, pos_integer()}
+             | {hibernate_after, pos_integer() | infinity}.
 %% <ul>
 %% <li>`listen': the listeners to open;</li>
 %% <li>`certfile': PEM certificate chain and key, for `starttls' and `tls';</li>
@@ -144,7 +145,10 @@
 %%     bytes; past it the owner gets `{xmlstreamerror, <<"XML stanza is too
 %%     big">>}' (default `infinity': 16 MiB, the node's own bound);</li>
 %% <li>`window': with `{parser, megaphone}', the elements a connection may
-%%     have in flight to its owner before `credit/4' (default 16).</li>
+%%     have in flight to its owner before `credit/4' (default 16);</li>
+%% <li>`hibernate_after': milliseconds a connection may move no byte, either
+%%     way, before its owner is sent `{megaphone_idle, ConnId}' (once per quiet
+%%     spell; default `infinity': never).</li>
 %% </ul>
 
 -type opts() :: [opt()].

@@ -186,7 +186,9 @@ mod_opt_type(handshake_timeout) ->
 mod_opt_type(max_handshakes_per_ip) ->
     econf:pos_int();
 mod_opt_type(parser) ->
-    econf:enum([megaphone, ejabberd]).
+    econf:enum([megaphone, ejabberd]);
+mod_opt_type(hibernate_after) ->
+    econf:timeout(second, infinity).
 
 mod_options(_Host) ->
     [{nodes, #{}},
@@ -205,7 +207,8 @@ mod_options(_Host) ->
      {tls_min_version, undefined},
      {handshake_timeout, undefined},
      {max_handshakes_per_ip, undefined},
-     {parser, megaphone}].
+     {parser, megaphone},
+     {hibernate_after, timer:seconds(10)}].
 
 mod_doc() ->
     #{desc =>
@@ -274,6 +277,14 @@ mod_doc() ->
                        "stream errors ejabberd sends. 'ejabberd': the node forwards "
                        "raw bytes and each session parses them, as on ejabberd's "
                        "own listener. The default is 'megaphone'."]}},
+           {hibernate_after,
+            #{value => "timeout()",
+              desc => ["How long a client may move no byte, either way, before its "
+                       "session hibernates (shrinks to its live data until the next "
+                       "message). The Megaphone node sees the traffic and tells the "
+                       "session, which then hibernates between this and twice this "
+                       "after its last byte. 'infinity' turns it off. The default is "
+                       "10 seconds."]}},
            {max_fsm_queue,
             #{value => "Size",
               desc => ["As the c2s listener option; by default the global one."]}},
@@ -523,7 +534,8 @@ send_start(Node, #state{nodes = Nodes} = State) ->
     case maps:find(Node, Nodes) of
         {ok, #mp_node{listeners = Listeners, max_connections = Max, limits = Limits} = MP} ->
             Opts = [{listen, Listeners}, {max_connections, Max}, {controller, self()}
-                    | Limits ++ tls_options(State#state.opts) ++ parser_options(State#state.opts)],
+                    | Limits ++ tls_options(State#state.opts) ++ parser_options(State#state.opts)
+                    ++ [{hibernate_after, mod_megaphone_opt:hibernate_after(State#state.opts)}]],
             %% The reply comes as megaphone_started or megaphone_error with
             %% Ref; a link that dropped meanwhile comes as nodedown.
             case megaphone:start_async(Node, Opts, [noconnect]) of
@@ -585,7 +597,7 @@ start_session(NodePid, ConnId, Peer, Local, Transport, #state{nodes = Nodes} = S
                          ejabberd -> {megaphone, Node, ConnId, Transport}
                      end,
             Opts = [{sock_peer_name, {Local, Peer}} | c2s_options(State#state.opts)],
-            case ejabberd_c2s:start(megaphone_socket, Socket, Opts) of
+            case megaphone_c2s:start(megaphone_socket, Socket, Opts) of
                 {ok, Pid} ->
                     ejabberd_c2s:accept(Pid),
                     MRef = erlang:monitor(process, Pid),
@@ -644,6 +656,9 @@ c2s_handle_recv(State, _El, _Pkt) ->
 -spec c2s_handle_info(State, term()) -> State | {stop, State} when State :: map().
 c2s_handle_info(#{lang := Lang} = State, {megaphone_restricted_xml, _ConnId, Text}) when is_binary(Text) ->
     {stop, xmpp_stream_in:send(State, xmpp:serr_restricted_xml(Text, Lang))};
+c2s_handle_info(State, {megaphone_idle, _ConnId}) ->
+    %% Not established yet (megaphone_c2s hibernates the others): nothing to do.
+    {stop, State};
 c2s_handle_info(State, _Info) ->
     State.
 

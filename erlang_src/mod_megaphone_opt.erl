@@ -16,6 +16,7 @@
 -export([connect_retry/1]).
 -export([connection_rate_per_ip/1]).
 -export([handshake_timeout/1]).
+-export([hibernate_after/1]).
 -export([listen/1]).
 -export([max_connections/1]).
 -export([max_connections_per_ip/1]).
@@ -129,3 +130,9 @@ parser(Opts) when is_map(Opts) ->
     gen_mod:get_opt(parser, Opts);
 parser(Host) ->
     gen_mod:get_module_opt(Host, mod_megaphone, parser).
+
+-spec hibernate_after(gen_mod:opts() | global | binary()) -> 'infinity' | pos_integer().
+hibernate_after(Opts) when is_map(Opts) ->
+    gen_mod:get_opt(hibernate_after, Opts);
+hibernate_after(Host) ->
+    gen_mod:get_module_opt(Host, mod_megaphone, hibernate_after).

@@ -168,6 +168,7 @@ class World:
             C2S = length([P || P <- erlang:processes(),
                                case catch proc_lib:initial_call(P) of
                                    {xmpp_stream_in, init, _} -> true;
+                                   {megaphone_c2s, init, _} -> true;
                                    _ -> false
                                end]),
             S = sys:get_state(mod_megaphone, 5000),

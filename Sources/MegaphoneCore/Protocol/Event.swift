@@ -11,6 +11,8 @@ public enum Event: Sendable, Equatable {
     /// `{megaphone_restricted_xml, ConnId, Text}`: a parsed client sent XML that XMPP forbids
     /// (comment, processing instruction, DTD, other entity); the session sends `<restricted-xml/>`.
     case restrictedXML(connID: UInt64, text: String)
+    /// `{megaphone_idle, ConnId}`: the connection has moved no byte for `hibernate_after`.
+    case idle(connID: UInt64)
     /// `{tcp_closed, ConnId}`
     case closed(connID: UInt64)
     /// `{tcp_error, ConnId, Reason}`
@@ -54,6 +56,10 @@ public enum Event: Sendable, Equatable {
             e.atom("megaphone_restricted_xml")
             refs.encode(id, into: e)
             e.binary(Array(text.utf8))
+        case .idle(let id):
+            e.tuple(2)
+            e.atom("megaphone_idle")
+            refs.encode(id, into: e)
         case .closed(let id):
             e.tuple(2)
             e.atom("tcp_closed")

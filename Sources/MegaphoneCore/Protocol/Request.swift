@@ -55,6 +55,9 @@ public struct StartOptions: Equatable, Sendable {
     /// `{window, N}`: elements a parsed connection may have in flight to its session before the
     /// session grants more with `credit`.
     public var window: Int = 16
+    /// `{hibernate_after, Ms | infinity}`: tell a connection's owner `{megaphone_idle, ConnId}`
+    /// once it has moved no byte this long (see `Reactor+Idle.swift`); nil is infinity.
+    public var hibernateAfterMillis: Int? = nil
 
     public init() {}
 }
@@ -401,6 +404,13 @@ private struct RequestDecoder {
             }
         case "window":
             options.window = try positive(&r, name, max: 1 << 16)
+        case "hibernate_after":
+            if isAtom(r) {
+                guard (try? r.readAtom()) == "infinity" else { throw fail(.badopt(name)) }
+                options.hibernateAfterMillis = nil
+            } else {
+                options.hibernateAfterMillis = try positive(&r, name, max: 86_400_000)
+            }
         case "controller":
             guard let decoded = try? r.readPid(), let pid = nodes.pidRef(decoded) else { throw fail(.badopt(name)) }
             options.controller = pid

@@ -19,6 +19,10 @@ public struct ConnectionSlot {
         public static let closing = Flags(rawValue: 1 << 4)
         /// Half-closed and drained: the owner has been told `tcp_closed`; only output flows now.
         public static let eofNotified = Flags(rawValue: 1 << 6)
+        /// Bytes moved (either way) since the last idle sweep (see `Reactor+Idle.swift`).
+        public static let active = Flags(rawValue: 1 << 5)
+        /// The owner has been told `megaphone_idle` and nothing has moved since.
+        public static let idleNotified = Flags(rawValue: 1 << 7)
     }
 
     /// 0 while the slot is free.

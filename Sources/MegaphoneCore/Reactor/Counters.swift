@@ -48,6 +48,8 @@ public final class Counters: Sendable {
     /// (not well-formed, restricted XML, too big).
     public let elementsDelivered = Atomic<Int>(0)
     public let streamErrors = Atomic<Int>(0)
+    /// `megaphone_idle` notices sent (each quiet spell of a connection, once).
+    public let idleNotices = Atomic<Int>(0)
     public let malformedRequests = Atomic<Int>(0)
     public let unknownConnection = Atomic<Int>(0)
     public let undeliverable = Atomic<Int>(0)
@@ -81,6 +83,7 @@ public final class Counters: Sendable {
             ("chunks_delivered", chunksDelivered.load(ordering: .relaxed)),
             ("elements_delivered", elementsDelivered.load(ordering: .relaxed)),
             ("stream_errors", streamErrors.load(ordering: .relaxed)),
+            ("idle_notices", idleNotices.load(ordering: .relaxed)),
             ("malformed_requests", malformedRequests.load(ordering: .relaxed)),
             ("unknown_connection", unknownConnection.load(ordering: .relaxed)),
             ("undeliverable", undeliverable.load(ordering: .relaxed)),

@@ -36,6 +36,7 @@ extension Reactor {
     /// has written them.
     func deliver(_ fd: CInt, _ chunk: [UInt8]) {
         table[fd].flags.remove(.armed)
+        markActive(fd)
         toErlang.added(chunk.count)
         if !opening.headerWatch.isEmpty { opening.lookForHeader(table[fd].connID, in: chunk) }
         counters.chunksDelivered.add(1, ordering: .relaxed)

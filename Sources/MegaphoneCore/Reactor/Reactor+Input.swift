@@ -149,6 +149,7 @@ extension Reactor {
             let (filled, end) = table[fd].transport.fill(fd, buffer, peerClosed: table[fd].flags.contains(.peerClosed))
             if filled > 0 {
                 counters.bytesIn.add(filled, ordering: .relaxed)
+                markActive(fd)
                 input.shaper.spend(filled)
                 let bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<filled])
                 let used = parse(fd, input, bytes)

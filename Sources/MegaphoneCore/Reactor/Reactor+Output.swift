@@ -17,6 +17,7 @@ extension Reactor {
             return
         }
         guard !table[fd].flags.contains(.closing) else { return }
+        markActive(fd)
         if let held = coalesced[id]?.count, held + bytes.count <= Self.coalesceLimit {
             coalesced[id]?.append(contentsOf: bytes)
         } else {

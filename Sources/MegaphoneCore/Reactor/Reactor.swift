@@ -67,6 +67,8 @@ public final class Reactor: @unchecked Sendable {
     var again: [UInt64] = []
     /// Parsed connections held back by their shaper, and when to read them again.
     var paced: [UInt64: Int64] = [:]
+    /// When the next idle sweep is due (`Reactor+Idle.swift`).
+    var nextIdleSweep: Int64 = 0
     let toErlang: ByteBudget
     /// put_data and send_data bytes the distribution thread posted to this reactor (and its siblings).
     let toClients: ByteBudget
@@ -145,6 +147,7 @@ public final class Reactor: @unchecked Sendable {
     public var needsTimer: Bool {
         !closing.isEmpty || !acceptor.paused.isEmpty || !opening.isEmpty
             || !lingering.isEmpty || !announced.isEmpty || !again.isEmpty || !paced.isEmpty
+            || (config?.hibernateAfterMillis != nil && table.count > 0)
     }
 
     /// Whether commands wait that no eventfd announces (an inline reactor's).
@@ -305,5 +308,6 @@ public final class Reactor: @unchecked Sendable {
         if !closing.isEmpty { sweepClosing(now: now) }
         if !acceptor.paused.isEmpty { acceptor.resumePaused(now: now, epfd: epfd) }
         if !paced.isEmpty { sweepPaced(now: now) }
+        if config?.hibernateAfterMillis != nil { sweepIdle(now: now) }
     }
 }

@@ -27,6 +27,8 @@ public struct ReactorConfig: Sendable {
     public var parser: InputMode
     public var xmlLimits: XMLStreamLimits
     public var window: Int
+    /// How long a connection moves no byte before its owner hears `megaphone_idle`; nil: never.
+    public var hibernateAfterMillis: Int64?
 
     public init(controller: PidRef, options: StartOptions, tls: TLSContext? = nil) {
         self.controller = controller
@@ -43,6 +45,7 @@ public struct ReactorConfig: Sendable {
         parser = options.parser
         xmlLimits = XMLStreamLimits(maxStanzaSize: options.maxStanzaSize)
         window = options.window
+        hibernateAfterMillis = options.hibernateAfterMillis.map(Int64.init)
         self.tls = tls
     }
 }

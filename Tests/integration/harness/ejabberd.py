@@ -302,7 +302,7 @@ EJABBERD_BYPASS_WARNINGS=true
             lists:filtermap(
               fun(P) ->
                 case catch proc_lib:initial_call(P) of
-                  {xmpp_stream_in, init, _} ->
+                  {M, init, _} when M == xmpp_stream_in; M == megaphone_c2s ->
                     case catch sys:get_state(P, 1000) of
                       #{socket := S} when is_tuple(S), tuple_size(S) >= 3 ->
                         {true, {P, element(2, S), element(3, S)}};
