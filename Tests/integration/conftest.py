@@ -183,6 +183,46 @@ def env(_session_env: Env) -> Env:
 
 
 # --------------------------------------------------------------------------------------------
+# One ejabberd and one Megaphone node (one tcp listener), with module options of the test's own
+
+
+@dataclass
+class OneNodeEnv(_Users):
+    base: Path
+    ej: Ejabberd
+    node: MegaphoneNode
+    port: int
+    users: list[str] = field(default_factory=list)
+
+    def ensure_healthy(self) -> None:
+        if self.node.died_unexpectedly() or self.ej.died_unexpectedly():
+            pytest.fail(f"a process died:\n{self.node.logs_tail()}\n{self.ej.logs_tail()}", pytrace=False)
+        wait_for(self.node.listening, 30, "mod_megaphone to attach the node")
+        wait_for(lambda: self.node.connections() == 0, 10, "no connection left from an earlier test")
+
+
+def one_node_env(cls, prefix: str, what: str, **ejabberd_opts):
+    """Yields a `cls` (a OneNodeEnv) over a fresh ejabberd and Megaphone node; stops both by PID
+    and removes the tree afterwards (kept if a test failed). For module-scoped fixtures."""
+    base = Path(tempfile.mkdtemp(prefix=f"megaphone-it-{prefix}-"))
+    os.chmod(base, 0o755)
+    ej = node = None
+    try:
+        cookie = secrets.token_hex(16)
+        name = unique(f"mpit_{prefix}_")
+        port = free_port()
+        ej = Ejabberd(base, {f"{name}@localhost": port}, cookie=cookie, connect_retry=1, **ejabberd_opts)
+        node = MegaphoneNode(base / "nodes", cookie, ej.helper, name=name)
+        node.start()
+        ej.start()
+        env = cls(base, ej, node, port)
+        env.ensure_healthy()
+        yield env
+    finally:
+        _tear_down(base, (ej, node), what)
+
+
+# --------------------------------------------------------------------------------------------
 # TLS: one ejabberd and one Megaphone node with tcp, starttls and tls listeners
 
 HANDSHAKE_TIMEOUT = 2        # s: mod_megaphone's handshake_timeout in the TLS tests

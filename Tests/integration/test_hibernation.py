@@ -10,34 +10,18 @@ acks and resumption, kicks, `max_fsm_queue`, a wake-up storm, `sys:get_state` an
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
-import tempfile
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
 import conftest
 from clients import Client, Session, run, until
-from harness.ejabberd import Ejabberd
 from harness.env import XMPP_HOST
-from harness.megaphone_node import MegaphoneNode
-from harness.net import free_port
-from harness.processes import unique, wait_for
 from test_ejabberd import chat
 
 MAX_FSM_QUEUE = 300
 
 
-@dataclass
-class HibernationEnv(conftest._Users):
-    base: Path
-    ej: Ejabberd
-    node: MegaphoneNode
-    port: int
-    users: list[str] = field(default_factory=list)
-
+class HibernationEnv(conftest.OneNodeEnv):
     def pid_of(self, client: Client) -> str:
         """The client's session pid, as an Erlang expression."""
         u = client.boundjid
@@ -63,32 +47,12 @@ class HibernationEnv(conftest._Users):
             raise AssertionError(f"{e}; node idle_notices={self.node.stats().get('idle_notices')}; {why}") from None
         return pid
 
-    def ensure_healthy(self) -> None:
-        if self.node.died_unexpectedly() or self.ej.died_unexpectedly():
-            pytest.fail(f"a process died:\n{self.node.logs_tail()}\n{self.ej.logs_tail()}", pytrace=False)
-        wait_for(self.node.listening, 30, "mod_megaphone to attach the node")
-        wait_for(lambda: self.node.connections() == 0, 10, "no connection left from an earlier test")
 
 
 @pytest.fixture(scope="module")
 def henv_module():
-    base = Path(tempfile.mkdtemp(prefix="megaphone-it-hib-"))
-    os.chmod(base, 0o755)
-    ej = node = None
-    try:
-        cookie = secrets.token_hex(16)
-        name = unique("mpit_hib_")
-        port = free_port()
-        ej = Ejabberd(base, {f"{name}@localhost": port}, cookie=cookie, connect_retry=1, resume_timeout=30,
-                      megaphone_opts={"hibernate_after": 1, "max_fsm_queue": MAX_FSM_QUEUE})
-        node = MegaphoneNode(base / "nodes", cookie, ej.helper, name=name)
-        node.start()
-        ej.start()
-        env = HibernationEnv(base, ej, node, port)
-        env.ensure_healthy()
-        yield env
-    finally:
-        conftest._tear_down(base, (ej, node), "hibernation integration")
+    yield from conftest.one_node_env(HibernationEnv, "hib", "hibernation integration", resume_timeout=30,
+                                     megaphone_opts={"hibernate_after": 1, "max_fsm_queue": MAX_FSM_QUEUE})
 
 
 @pytest.fixture

@@ -13,23 +13,14 @@ tests need parsed mode whatever the suite's mode is, so they bring up their own 
 """
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
-import secrets
-import tempfile
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
 import conftest
 from clients import Session, run, until
-from harness.ejabberd import Ejabberd
 from harness.env import XMPP_HOST
-from harness.megaphone_node import MegaphoneNode
-from harness.net import free_port
-from harness.processes import unique, wait_for
 from test_tls import Raw
 
 HEADER = (f"<stream:stream to='{XMPP_HOST}' xmlns='jabber:client' "
@@ -41,45 +32,17 @@ pytestmark = pytest.mark.skipif(os.environ.get("MEGAPHONE_PARSER") == "ejabberd"
                                 reason="parsed-mode tests run in the suite's parsed pass")
 
 
-@dataclass
-class ParsedEnv(conftest._Users):
-    base: Path
-    ej: Ejabberd
-    node: MegaphoneNode
-    port: int
-    users: list[str] = field(default_factory=list)
-
+class ParsedEnv(conftest.OneNodeEnv):
     def session_pids(self) -> list[str]:
         """mod_megaphone's sessions, as Erlang expressions (list_to_pid(...))."""
         return [f'list_to_pid("{p if isinstance(p, str) else "".join(map(chr, p))}")' for p in self.ej.rpc(
             "[pid_to_list(P) || {_, {P, _}} <- maps:to_list(element(5, sys:get_state(mod_megaphone, 5000)))].")]
 
-    def ensure_healthy(self) -> None:
-        if self.node.died_unexpectedly() or self.ej.died_unexpectedly():
-            pytest.fail(f"a process died:\n{self.node.logs_tail()}\n{self.ej.logs_tail()}", pytrace=False)
-        wait_for(self.node.listening, 30, "mod_megaphone to attach the node")
-        wait_for(lambda: self.node.connections() == 0, 10, "no connection left from an earlier test")
-
 
 @pytest.fixture(scope="module")
 def penv():
-    base = Path(tempfile.mkdtemp(prefix="megaphone-it-parsed-"))
-    os.chmod(base, 0o755)
-    ej = node = None
-    try:
-        cookie = secrets.token_hex(16)
-        name = unique("mpit_parsed_")
-        port = free_port()
-        ej = Ejabberd(base, {f"{name}@localhost": port}, cookie=cookie, connect_retry=1,
-                      megaphone_opts={"parser": "megaphone"})
-        node = MegaphoneNode(base / "nodes", cookie, ej.helper, name=name)
-        node.start()
-        ej.start()
-        env = ParsedEnv(base, ej, node, port)
-        env.ensure_healthy()
-        yield env
-    finally:
-        conftest._tear_down(base, (ej, node), "parsed-mode integration")
+    yield from conftest.one_node_env(ParsedEnv, "parsed", "parsed-mode integration",
+                                     megaphone_opts={"parser": "megaphone"})
 
 
 @pytest.fixture

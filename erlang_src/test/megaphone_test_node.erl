@@ -29,6 +29,7 @@
 -export([wait_exit/2]).
 -export([with_output/2]).
 -export([cleanup/1]).
+-export([repo_root/0]).
 -export([instance/3]).
 
 %% Internal.

@@ -483,30 +483,7 @@ chunks(List, N) ->
     {A, B} = lists:split(N, List),
     [A | chunks(B, N)].
 
-%% As megaphone_test_node finds it: $MEGAPHONE_ROOT, else the first
-%% directory up from this module's source, its beam or the current
-%% directory that holds rebar.config and erlang_src/megaphone.erl and is
-%% not rebar3's copy under _build/.
+%% The repository, as megaphone_test_node finds it ($MEGAPHONE_ROOT, else
+%% the directory up from the sources that holds rebar.config).
 repo_root() ->
-    case os:getenv("MEGAPHONE_ROOT") of
-        Root when is_list(Root), Root =/= "" ->
-            filename:absname(Root);
-        _ ->
-            Source = proplists:get_value(source, ?MODULE:module_info(compile), ""),
-            {ok, Cwd} = file:get_cwd(),
-            Starts = [filename:dirname(Source), filename:dirname(code:which(?MODULE)), Cwd],
-            find_root([filename:absname(D) || D <- Starts])
-    end.
-
-find_root([]) ->
-    erlang:error({megaphone_repo_root_not_found, "set MEGAPHONE_ROOT"});
-find_root([Dir | Rest]) ->
-    IsRoot = filelib:is_regular(filename:join(Dir, "rebar.config"))
-        andalso filelib:is_regular(filename:join([Dir, "erlang_src", "megaphone.erl"]))
-        andalso not lists:member("_build", filename:split(Dir)),
-    Parent = filename:dirname(Dir),
-    if
-        IsRoot -> Dir;
-        Parent =:= Dir -> find_root(Rest);
-        true -> find_root([Parent | Rest])
-    end.
+    megaphone_test_node:repo_root().

@@ -425,32 +425,17 @@ public final class DistributionLink {
                 counters.unknownConnection.add(1, ordering: .relaxed)
                 return
             }
+            // Counted before the reactor can take it.
             toClients.added(bytes.count)
             reactor.commands.post(.sendData(connID: id, bytes: bytes))
         case .close(let id):
-            guard let reactor = reactor(for: id) else {
-                counters.unknownConnection.add(1, ordering: .relaxed)
-                return
-            }
-            reactor.commands.post(.close(connID: id))
+            post(.close(connID: id), for: id)
         case .credit(let id, let elements):
-            guard let reactor = reactor(for: id) else {
-                counters.unknownConnection.add(1, ordering: .relaxed)
-                return
-            }
-            reactor.commands.post(.credit(connID: id, elements: elements))
+            post(.credit(connID: id, elements: elements), for: id)
         case .resetStream(let id):
-            guard let reactor = reactor(for: id) else {
-                counters.unknownConnection.add(1, ordering: .relaxed)
-                return
-            }
-            reactor.commands.post(.resetStream(connID: id))
+            post(.resetStream(connID: id), for: id)
         case .shaper(let id, let rate):
-            guard let reactor = reactor(for: id) else {
-                counters.unknownConnection.add(1, ordering: .relaxed)
-                return
-            }
-            reactor.commands.post(.shaper(connID: id, rate: rate.map { ($0.bytesPerSecond, $0.burst) }))
+            post(.shaper(connID: id, rate: rate.map { ($0.bytesPerSecond, $0.burst) }), for: id)
         case .shutdown(let from, let ref):
             beginShutdown(waiter: (from, ref))
         case .shutdownQuietly:
@@ -458,6 +443,16 @@ public final class DistributionLink {
         case .stats(let from, let ref):
             sendStats(to: from, tag: "megaphone_stats", ref: ref)
         }
+    }
+
+    /// Posts a command of one of the requests that are never answered to the reactor that owns the
+    /// connection; one no reactor owns is counted as `unknown_connection` and dropped.
+    private func post(_ command: ReactorCommand, for id: UInt64) {
+        guard let reactor = reactor(for: id) else {
+            counters.unknownConnection.add(1, ordering: .relaxed)
+            return
+        }
+        reactor.commands.post(command)
     }
 
     private func reactor(for connID: UInt64) -> Reactor? {

@@ -37,6 +37,16 @@ struct RequestTests {
 
     func shellPid(_ e: TermEncoder) { e.pid(node: "shell@vm", num: 80, serial: 0, creation: 5) }
 
+    /// The options a `start` with `opts` decodes to.
+    func options(_ opts: [(TermEncoder) -> Void]) throws -> StartOptions {
+        let request = try decode { e in
+            e.tuple(4); e.atom("start"); shellPid(e); e.atom("r")
+            e.list(opts.count); opts.forEach { $0(e) }; e.emptyList()
+        }
+        guard case .start(_, _, let options) = request else { throw RequestError(replyTo: nil, tag: .undefined, reason: .badarg("x")) }
+        return options
+    }
+
     @Test func everyRequestOfTheVocabulary() throws {
         let shell = PidRef(node: 1, num: 80, serial: 0, creation: 5)
         #expect(try decode { e in e.tuple(3); e.atom("get_data"); shellPid(e); conn(e) }
@@ -166,14 +176,6 @@ struct RequestTests {
     }
 
     @Test func limitOptions() throws {
-        func options(_ opts: [(TermEncoder) -> Void]) throws -> StartOptions {
-            let request = try decode { e in
-                e.tuple(4); e.atom("start"); shellPid(e); e.atom("r")
-                e.list(opts.count); opts.forEach { $0(e) }; e.emptyList()
-            }
-            guard case .start(_, _, let options) = request else { throw RequestError(replyTo: nil, tag: .undefined, reason: .badarg("x")) }
-            return options
-        }
         let defaults = try options([])
         #expect(defaults.maxConnectionsPerIP == .max)
         #expect(defaults.connectionRatePerIP == nil)
@@ -211,14 +213,6 @@ struct RequestTests {
         #expect(failure { e in e.tuple(3); e.atom("shaper"); conn(e); e.atom("fast") }?.reason == .badarg("shaper"))
         #expect(failure { e in e.tuple(3); e.atom("shaper"); conn(e); e.tuple(2); e.uint(0); e.uint(1) }?.reason == .badarg("shaper"))
 
-        func options(_ opts: [(TermEncoder) -> Void]) throws -> StartOptions {
-            let request = try decode { e in
-                e.tuple(4); e.atom("start"); shellPid(e); e.atom("r")
-                e.list(opts.count); opts.forEach { $0(e) }; e.emptyList()
-            }
-            guard case .start(_, _, let options) = request else { throw RequestError(replyTo: nil, tag: .undefined, reason: .badarg("x")) }
-            return options
-        }
         let defaults = try options([])
         #expect(defaults.parser == .raw && defaults.window == 16 && defaults.maxStanzaSize == InputMode.stanzaSizeCap)
         let parsed = try options([
