@@ -60,8 +60,12 @@ if args.first == "--throughput" {
     let start = clock.now
     while clock.now - start < .seconds(2) {
         for f in files {
+            // As the node does: parse, then encode each event for the session.
+            var payload: [UInt8] = []
             for e in events(f, chunks: [0..<f.count], limits: XMLStreamLimits(maxStanzaSize: Int.max)) {
                 if case .element = e { elements += 1 }
+                payload.removeAll(keepingCapacity: true)
+                ExternalTermFormat.encode(e, into: &payload)
             }
         }
         rounds += 1

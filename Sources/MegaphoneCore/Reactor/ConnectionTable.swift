@@ -32,7 +32,7 @@ public struct ConnectionSlot {
     public var owner: PidRef = .none
     /// Bumped on every reuse of the fd number; carried in epoll's user data to drop stale events. 16
     /// bits are plenty (an fd would have to be reused 65,536 times within one epoll_wait batch) and
-    /// leave room for `address` in what was padding, so the slot stays 56 bytes.
+    /// leave room for `address` in what was padding (the slot is 64 bytes with `framing`).
     public var generation: UInt16 = 0
     public var flags: Flags = []
     /// The opening stage (see `StreamOpening`): STARTTLS, handshake, or established.
