@@ -178,6 +178,9 @@ extension XMLStreamParser {
     mutating func content(_ c: UInt32) -> Outcome {
         let wasCR = afterCR
         afterCR = false
+        // expat holds a CR until the next character, and fxml's count restarts when it hands the
+        // text over: with it.
+        if wasCR && depth == 1 { sinceEvent = 0 }
         if c == Self.lt {
             brackets = 0
             if depth == 1 {
@@ -315,6 +318,8 @@ extension XMLStreamParser {
         } else {
             brackets = 0
             appendText(scalar)
+            // Stream-level text is an fxml event when the reference ends: its count restarts.
+            if depth == 1 { sinceEvent = 0 }
             lex = .content
         }
         return .more
