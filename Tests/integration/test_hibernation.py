@@ -21,32 +21,40 @@ from test_ejabberd import chat
 MAX_FSM_QUEUE = 300
 
 
+def session_pid(ej, client: Client) -> str:
+    """The client's session pid in `ej`, as an Erlang expression."""
+    u = client.boundjid
+    text = ej.rpc(f'pid_to_list(ejabberd_sm:get_session_pid(<<"{u.user}">>, <<"{u.domain}">>, <<"{u.resource}">>)).')
+    return f'list_to_pid("{text if isinstance(text, str) else "".join(map(chr, text))}")'
+
+
+def is_hibernating(ej, pid: str) -> bool:
+    return ej.rpc(f"process_info({pid}, current_function) == "
+                  "{current_function, {erlang, hibernate, 3}}.") in (True, "true")
+
+
+async def until_hibernating(ej, node, client: Client, timeout: float = 10) -> str:
+    """Waits until the client's session is in erlang:hibernate/3; returns its pid expression."""
+    pid = session_pid(ej, client)
+    try:
+        await until(lambda: is_hibernating(ej, pid), timeout, f"{client.label}'s session to hibernate")
+    except AssertionError as e:
+        why = ej.rpc(f"{{process_info({pid}, current_function), "
+                     f"maps:get(stream_timeout, sys:get_state({pid})), "
+                     f"maps:get(stream_state, sys:get_state({pid}))}}.")
+        raise AssertionError(f"{e}; node idle_notices={node.stats().get('idle_notices')}; {why}") from None
+    return pid
+
+
 class HibernationEnv(conftest.OneNodeEnv):
     def pid_of(self, client: Client) -> str:
-        """The client's session pid, as an Erlang expression."""
-        u = client.boundjid
-        text = self.ej.rpc(f'pid_to_list(ejabberd_sm:get_session_pid(<<"{u.user}">>, <<"{u.domain}">>, '
-                           f'<<"{u.resource}">>)).')
-        return f'list_to_pid("{text if isinstance(text, str) else "".join(map(chr, text))}")'
-
-    def hibernating(self, pid: str) -> bool:
-        return self.ej.rpc(f"process_info({pid}, current_function) == "
-                           "{current_function, {erlang, hibernate, 3}}.") in (True, "true")
+        return session_pid(self.ej, client)
 
     def memory(self, pid: str) -> int:
         return self.ej.rpc(f"element(2, process_info({pid}, memory)).")
 
     async def until_hibernating(self, client: Client, timeout: float = 10) -> str:
-        pid = self.pid_of(client)
-        try:
-            await until(lambda: self.hibernating(pid), timeout, f"{client.label}'s session to hibernate")
-        except AssertionError as e:
-            why = self.ej.rpc(f"{{process_info({pid}, current_function), "
-                              f"maps:get(stream_timeout, sys:get_state({pid})), "
-                              f"maps:get(stream_state, sys:get_state({pid}))}}.")
-            raise AssertionError(f"{e}; node idle_notices={self.node.stats().get('idle_notices')}; {why}") from None
-        return pid
-
+        return await until_hibernating(self.ej, self.node, client, timeout)
 
 
 @pytest.fixture(scope="module")

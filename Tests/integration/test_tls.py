@@ -503,6 +503,30 @@ def test_per_ip_handshake_limit(tls_env):
 # ---------------------------------------------------------------------------------------------
 # options and certificate reload (these change the module config and put it back)
 
+def test_idle_tls_sessions_hibernate_and_wake(tls_env):
+    """Issue 13 over TLS: the node sees the decrypted traffic's silence, the session hibernates,
+    and a message wakes it, over STARTTLS and direct TLS."""
+    from test_hibernation import until_hibernating
+    env = tls_env
+
+    async def body():
+        bob_jid, bob_pw = env.new_user("bob")
+        async with Session() as s:
+            bob = await s.login(bob_jid, bob_pw, env.ej.c2s_port)
+            for mode in ("starttls", "direct"):
+                jid, pw = env.new_user(f"hib{mode}")
+                alice = await s.login(**tls_login(env, jid, pw, mode))
+                await until_hibernating(env.ej, env.node, alice)
+                await chat(bob, alice, f"wake up over {mode}")
+                await chat(alice, bob, "awake")
+    try:
+        env.reconfigure(hibernate_after=1)
+        wait_for(lambda: env.ej.rpc("mod_megaphone_opt:hibernate_after(global).") == 1000, 15,
+                 "hibernate_after: 1 to be loaded", on_timeout=env.logs)
+        run(body())
+    finally:
+        env.reconfigure()
+
 def test_tls_min_version_and_ciphers_options(tls_env):
     env = tls_env
     port = env.port("tls")
