@@ -3,6 +3,11 @@
 # stopping what a driver started by PID, and waiting for a Swift node to exit after `shutdown`.
 # Nothing here touches epmd or stops anything by name.
 
+# ejabberd's allocator flags (issue 13): a copy of Tests/integration/harness/ejabberd.py's
+# ALLOC_FLAGS, which says why; bench/run-tls gives them to ejabberd by default.
+# shellcheck disable=SC2034  # used by the scripts that source this file
+EJABBERD_ALLOC_FLAGS="+MHas ageffcbf +MBas ageffcbf +MHlmbcs 512 +MBlmbcs 512"
+
 # bench_preload NAME: the machine's CPU use (in % of one core) over one second, in $preload; warns
 # (prefixed with NAME) above 10%: other load skews every number a bench measures.
 bench_preload() {

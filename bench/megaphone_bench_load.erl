@@ -25,6 +25,16 @@
 %%%                     order, and reports: merged #{received, seq_errors,
 %%%                     error_stanzas, unfinished, hist}
 %%%   close             every session sends </stream:stream> and closes (RST)
+%%%   {probe, P, Tags}  wake-up latency (issue 13): for the first P pairs, one
+%%%                     after the other, the odd user sends its partner one
+%%%                     message per Tag (back to back, each once the previous
+%%%                     arrived): #{Tag => [LatencyUs]}. The first finds both
+%%%                     sessions as they were (hibernated, after an idle spell),
+%%%                     the next ones awake
+%%%   {storm, Tag}      every session sends its partner one message at once and
+%%%                     waits for its partner's: #{ok, failed, reasons, lats}
+%%%   {trickle, Rate, Secs}  Rate messages/s (spread over 10 ms ticks), each from
+%%%                     a random session to its partner, for Secs: #{sent}
 %%% A chat body is "Seq SendTime Padding": Seq counts from 1 per sender, and
 %%% SendTime is erlang:monotonic_time(microsecond) of the sending node;
 %%% partners live in the same pool (same node), so the receiver's clock is
@@ -248,12 +258,102 @@ pool_request(chat_stop, From, Ref, St = #pool{sessions = Ss}) ->
     Pool = self(),
     spawn(fun() -> reply(From, Ref, merge_chat(fan_out(Pool, maps:values(Ss), chat_stop, 60000))) end),
     St;
+pool_request({probe, P, Tags}, From, Ref, St) ->
+    Pairs = lists:sublist(pairs(St), P),
+    spawn(fun() -> reply(From, Ref, probe(Pairs, Tags, #{})) end),
+    St;
+pool_request({storm, Tag}, From, Ref, St = #pool{sessions = Ss}) ->
+    Jid = partner_jids(St),
+    Sends = [{Pid, Jid(Ix)} || {Ix, Pid} <- maps:to_list(Ss)],
+    spawn(fun() -> reply(From, Ref, storm(Sends, Tag)) end),
+    St;
+pool_request({trickle, Rate, Secs}, From, Ref, St = #pool{sessions = Ss}) ->
+    Jid = partner_jids(St),
+    Sends = list_to_tuple([{Pid, Jid(Ix)} || {Ix, Pid} <- maps:to_list(Ss)]),
+    spawn(fun() -> reply(From, Ref, trickle(Sends, Rate, deadline(Secs * 1000), erlang:monotonic_time(millisecond), 0)) end),
+    St;
 pool_request(close, From, Ref, #pool{sessions = Ss}) ->
     [Pid ! close || Pid <- maps:values(Ss)],
     Mons = [erlang:monitor(process, P) || P <- maps:values(Ss)],
     [receive {'DOWN', M, _, _, _} -> ok after 30000 -> ok end || M <- Mons],
     reply(From, Ref, ok),
     exit(normal).
+
+%% The pool's live pairs {OddPid, EvenPid}, in index order.
+pairs(#pool{spec = #{partners := Partners}, sessions = Ss}) ->
+    [{maps:get(I, Ss), maps:get(J, Ss)}
+     || {I, J} <- lists:sort(maps:to_list(Partners)), I rem 2 =:= 1, is_map_key(I, Ss), is_map_key(J, Ss)].
+
+%% Ix -> its partner's full JID.
+partner_jids(#pool{spec = Spec}) ->
+    Users = maps:from_list([{I, U} || {I, U, _} <- maps:get(users, Spec)]),
+    Partners = maps:get(partners, Spec),
+    Res = maps:get(resource, Spec),
+    fun(Ix) -> jid(maps:get(maps:get(Ix, Partners), Users), Res) end.
+
+%% One pair after the other: one message per Tag from A to B, each sent once
+%% the previous arrived.
+probe([], _Tags, Acc) ->
+    Acc;
+probe([{A, B} | Rest], Tags, Acc) ->
+    BJid = partner_jid_of(A, B),
+    Acc1 = lists:foldl(
+             fun(Tag, M) ->
+                     Ref = make_ref(),
+                     B ! {probe_expect, Tag, self(), Ref},
+                     A ! {probe_send, BJid, Tag},
+                     receive
+                         {answer, Ref, {ok, Lat}} -> maps:update_with(Tag, fun(L) -> [Lat | L] end, [Lat], M)
+                     after 30000 ->
+                         maps:update_with(failed, fun(F) -> F + 1 end, 1, M)
+                     end
+             end, Acc, Tags),
+    probe(Rest, Tags, Acc1).
+
+%% B's full JID: asked of B itself.
+partner_jid_of(_A, B) ->
+    Ref = make_ref(),
+    B ! {whoami, self(), Ref},
+    receive {answer, Ref, Jid} -> Jid after 30000 -> error(whoami_timeout) end.
+
+%% Every session expects its partner's message, then every session sends one.
+storm(Sends, Tag) ->
+    Refs = [begin
+                Ref = erlang:monitor(process, Pid),
+                Pid ! {probe_expect, Tag, self(), Ref},
+                {Ref, Pid}
+            end || {Pid, _} <- Sends],
+    [Pid ! {probe_send, To, Tag} || {Pid, To} <- Sends],
+    Deadline = deadline(120000),
+    lists:foldl(
+      fun({M, _}, Acc = #{ok := Ok, failed := F, reasons := Rs, lats := Ls}) ->
+              receive
+                  {answer, M, {ok, Lat}} ->
+                      erlang:demonitor(M, [flush]),
+                      Acc#{ok := Ok + 1, lats := [Lat | Ls]};
+                  {'DOWN', M, process, _, Why} ->
+                      Acc#{failed := F + 1, reasons := keep({down, Why}, Rs)}
+              after remaining(Deadline) ->
+                  erlang:demonitor(M, [flush]),
+                  Acc#{failed := F + 1, reasons := keep(storm_timeout, Rs)}
+              end
+      end, #{ok => 0, failed => 0, reasons => [], lats => []}, Refs).
+
+%% Rate messages/s in 10 ms ticks, each from a random session to its partner.
+trickle(Sends, Rate, Deadline, T0, Sent) ->
+    case remaining(Deadline) of
+        0 ->
+            #{sent => Sent};
+        _ ->
+            Due = Rate * (erlang:monotonic_time(millisecond) - T0) div 1000,
+            N = tuple_size(Sends),
+            [begin
+                 {Pid, To} = element(rand:uniform(N), Sends),
+                 Pid ! {probe_send, To, <<"T">>}
+             end || _ <- lists:seq(1, max(0, Due - Sent)), N > 0],
+            timer:sleep(10),
+            trickle(Sends, Rate, Deadline, T0, max(Sent, Due))
+    end.
 
 %% Sends {Req, self(), Ref} to each session, collects the answers:
 %% #{ok, failed, reasons, results}.
@@ -329,7 +429,7 @@ jid(User, Resource) -> <<User/binary, "@localhost/", Resource/binary>>.
 -record(s, {sock, pool, ctr, flag, jid, partner, msg_pad, k = 0,
             sent = 0, expect = 1, received = 0, seq_errors = 0, error_stanzas = 0,
             hist = #{}, buf = <<>>, stopping = false, partner_end = undefined,
-            stop_from}).
+            stop_from, probe}).
 
 session(Pool, Spec = #{port := Port, src_ip := Src, resource := Res}, Ix, User, Password, Ctr, Flag) ->
     Jid = jid(User, Res),
@@ -357,11 +457,16 @@ idle(St = #s{sock = S}) ->
     receive
         {tcp, S, Data} ->
             ok = inet:setopts(S, [{active, once}]),
-            idle(St#s{buf = <<(St#s.buf)/binary, Data/binary>>});
+            idle(probe_check(St#s{buf = <<(St#s.buf)/binary, Data/binary>>}));
         {tcp_closed, S} ->
             exit(tcp_closed);
         {tcp_error, S, Why} ->
             exit({tcp_error, Why});
+        {probe_expect, Tag, From, Ref} ->
+            idle(probe_check(St#s{probe = {Tag, From, Ref}}));
+        {probe_send, To, Tag} ->
+            ssend(St, probe_msg(To, Tag)),
+            idle(St);
         {ping, From, Ref} ->
             From ! {answer, Ref, ping(St)},
             idle(St);
@@ -373,8 +478,35 @@ idle(St = #s{sock = S}) ->
         {chat_stop, From, Ref} ->
             From ! {answer, Ref, {error, not_chatting}},
             idle(St);
+        {whoami, From, Ref} ->
+            From ! {answer, Ref, St#s.jid},
+            idle(St);
         close ->
             finish(St)
+    end.
+
+%% A message whose body is "Tag SendTime" (probes, storms, trickle).
+probe_msg(To, Tag) ->
+    ["<message to='", To, "' type='chat'><body>", Tag, " ",
+     integer_to_binary(erlang:monotonic_time(microsecond)), "</body></message>"].
+
+%% While a probe is expected: once its message is in Buf, the latency goes to
+%% whoever asked, and Buf is dropped up to the end of that message.
+probe_check(St = #s{probe = undefined}) ->
+    St;
+probe_check(St = #s{probe = {Tag, From, Ref}, buf = Buf}) ->
+    case binary:match(Buf, <<"<body>", Tag/binary, " ">>) of
+        nomatch ->
+            St;
+        {P, L} ->
+            After = binary:part(Buf, P + L, byte_size(Buf) - P - L),
+            case binary:split(After, <<"</body>">>) of
+                [TsB, Rest] ->
+                    From ! {answer, Ref, {ok, erlang:monotonic_time(microsecond) - binary_to_integer(TsB)}},
+                    St#s{probe = undefined, buf = Rest};
+                [_] ->
+                    St
+            end
     end.
 
 %% XEP-0199 ping to the server; the session is in {active, once}.

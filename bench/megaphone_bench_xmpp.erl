@@ -251,17 +251,27 @@ do_mem_run(Cfg = #{ej := Ej, n := N}) ->
     warm_up(Cfg, maps:get(warmup_logins, Cfg, 0)),
     R0 = baseline(Cfg),
     {Pools, Secs} = login(Cfg, 1, N),
+    LoggedIn = deadline(maps:get(idle_secs, Cfg, 0) * 1000),
     R1 = read(Cfg),
-    {R2, R3, Settle} = settle(Cfg, N),
+    {R2, Settle} = settle(Cfg, N),
+    Idle = idle_phase(Cfg, N, Pools, R0, R2, LoggedIn),
     Ping = ping_all(Pools),
     maps:get(failed, Ping) =:= 0 orelse fail("~b sessions did not answer a ping: ~p",
                                              [maps:get(failed, Ping), maps:get(reasons, Ping)]),
+    %% The full-sweep candidate: every process in ejabberd collected.
+    G0 = read(Cfg),
+    gc_all(Ej),
+    R3 = read(Cfg),
+    C2sGc = c2s_stats(Ej),
     close(Cfg, Pools),
     Hz = maps:get(clk_tck, Cfg),
     Res = (mem_figures(R0, R2, N))#{
             n => N, login_secs => Secs, logins_s => N / Secs, settle_secs => Settle,
             ej_mem_gc_b => (maps:get(ej_mem, R3) - maps:get(ej_mem, R0)) / N,
+            ej_rss_gc_b => (maps:get(ej_rss, R3) - maps:get(ej_rss, R0)) * 1024 / N,
             mem_parts_b => mem_parts(R0, R2, N), mem_parts_gc_b => mem_parts(R0, R3, N),
+            c2s_gc_b => maps:get(mem, C2sGc) / max(1, maps:get(n, C2sGc)),
+            ej_us_gc => (maps:get(ej_cpu, R3) - maps:get(ej_cpu, G0)) / Hz * 1.0e6 / N,
             ej_us_login => (maps:get(ej_cpu, R1) - maps:get(ej_cpu, R0)) / Hz * 1.0e6 / N,
             mp_us_login => (maps:get(mp_cpu, R1) - maps:get(mp_cpu, R0)) / Hz * 1.0e6 / N,
             pinged => maps:get(ok, Ping)},
@@ -272,18 +282,153 @@ do_mem_run(Cfg = #{ej := Ej, n := N}) ->
               maps:get(ej_mem_b, Res), maps:get(system, maps:get(mem_parts_b, Res)),
               maps:get(processes, maps:get(mem_parts_b, Res)), maps:get(ej_mem_gc_b, Res),
               maps:get(mp_rss_b, Res), maps:get(slab_b, Res)]),
+    maps:merge(Res, Idle).
+
+%% Issue 13. The sessions idle until `idle_secs' after the last login, then,
+%% without any forced GC: the c2s processes' memory per session (and how many
+%% hibernate), erlang:memory() parts and beam RSS per session. Then the
+%% wake-up cost: `probe_pairs' pairs one after the other, a message from a
+%% session as the idle spell left it (hibernated) and one right after (awake);
+%% a storm (every session sends its partner one message at once: all wake)
+%% and a second one (all awake), ejabberd CPU of each; then `trickle_rate'
+%% messages/s between random partners for `trickle_secs', counting the
+%% node's idle notices (each one a hibernation, so a later wake-up).
+idle_phase(Cfg = #{ej := Ej, mp := MPs, clk_tck := Hz}, N, Pools, R0, R2, LoggedIn) ->
+    IdleSecs = maps:get(idle_secs, Cfg, 0),
+    progress("  idling until ~b s after the last login", [IdleSecs]),
+    timer:sleep(remaining(LoggedIn)),
+    RI = read(Cfg),
+    C2s = c2s_stats(Ej),
+    Notices0 = idle_notices(MPs),
+    D = fun(K, A, B) -> (maps:get(K, B) - maps:get(K, A)) end,
+    Cpu = fun(A, B) -> D(ej_cpu, A, B) / Hz * 1.0e6 end,
+    MpCpu = fun(A, B) -> D(mp_cpu, A, B) / Hz * 1.0e6 end,
+    %% Wake-up latency: the first pool's first pairs, one after the other.
+    Probe = megaphone_bench_load:call(hd(Pools), {probe, maps:get(probe_pairs, Cfg, 100),
+                                                  [<<"P1">>, <<"P2">>, <<"P3">>]}, 300000),
+    maps:get(failed, Probe, 0) =:= 0 orelse fail("~b wake-up probes got no answer", [maps:get(failed, Probe)]),
+    C2sStorm = c2s_stats(Ej),
+    {S1, RS0, RS1} = storm(Cfg, Pools, <<"S1">>),
+    {S2, _, RS2} = storm(Cfg, Pools, <<"S2">>),
+    Notices1 = idle_notices(MPs),
+    {Trickle, RT0, RT1, NT0, NT1} =
+        case maps:get(trickle_secs, Cfg, 0) of
+            0 -> {0, RS2, RS2, Notices1, Notices1};
+            TS ->
+                progress("  trickle: ~b msgs/s for ~b s", [maps:get(trickle_rate, Cfg), TS]),
+                T0 = read(Cfg),
+                Nt0 = idle_notices(MPs),
+                Sent = lists:sum([maps:get(sent, X) || X <- pcall(Pools, {trickle, maps:get(trickle_rate, Cfg) div length(Pools), TS}, (TS + 60) * 1000)]),
+                Nt1 = idle_notices(MPs),
+                {Sent, T0, read(Cfg), Nt0, Nt1}
+        end,
+    TrickleSecs = max(1, D(t, RT0, RT1)) / 1.0e6,
+    Lats = fun(Tag) -> lists:sort(maps:get(Tag, Probe, [])) end,
+    Hib = maps:get(hibernated, C2sStorm),
+    ColdUs = Cpu(RS0, RS1),
+    WarmUs = Cpu(RS1, RS2),
+    Res = #{idle_secs => IdleSecs,
+            idle_ej_rss_b => D(ej_rss, R0, RI) * 1024 / N,
+            idle_parts_b => mem_parts(R0, RI, N),
+            idle_rss_ratio => D(ej_rss, R0, RI) * 1024 / max(1, D(ej_mem, R0, RI)),
+            idle_c2s_b => maps:get(mem, C2s) / max(1, maps:get(n, C2s)),
+            idle_c2s_n => maps:get(n, C2s), idle_hibernated => maps:get(hibernated, C2s),
+            idle_ej_us => Cpu(R2, RI) / N, idle_notices => Notices0,
+            probe_cold_p50 => pct(Lats(<<"P1">>), 50), probe_cold_p99 => pct(Lats(<<"P1">>), 99),
+            probe_warm_p50 => pct(Lats(<<"P2">>), 50), probe_warm_p99 => pct(Lats(<<"P2">>), 99),
+            probe_warm2_p50 => pct(Lats(<<"P3">>), 50),
+            probe_n => length(Lats(<<"P1">>)),
+            storm_hibernated => Hib,
+            storm_cold_ej_us => ColdUs / N, storm_warm_ej_us => WarmUs / N,
+            storm_cold_mp_us => MpCpu(RS0, RS1) / N, storm_warm_mp_us => MpCpu(RS1, RS2) / N,
+            ej_us_wake => case Hib of 0 -> undefined; _ -> (ColdUs - WarmUs) / Hib end,
+            storm_cold_p50 => pct(lists:sort(maps:get(lats, S1)), 50),
+            storm_cold_p99 => pct(lists:sort(maps:get(lats, S1)), 99),
+            storm_warm_p50 => pct(lists:sort(maps:get(lats, S2)), 50),
+            storm_warm_p99 => pct(lists:sort(maps:get(lats, S2)), 99),
+            storm_secs => {D(t, RS0, RS1) / 1.0e6, D(t, RS1, RS2) / 1.0e6},
+            trickle_sent => Trickle, trickle_msgs_s => Trickle / TrickleSecs,
+            trickle_notices_s => (NT1 - NT0) / TrickleSecs,
+            trickle_ej_cpu => 100 * Cpu(RT0, RT1) / 1.0e6 / TrickleSecs,
+            trickle_mp_cpu => 100 * MpCpu(RT0, RT1) / 1.0e6 / TrickleSecs,
+            trickle_ej_us_msg => per(Cpu(RT0, RT1), Trickle)},
+    progress("  after ~b s idle: c2s ~.1f B/session (~b of ~b hibernated), erlang:memory ~.1f B/session, "
+             "beam RSS ~.1f B/session (x~.2f); wake-up probe p50 ~s / ~s us (cold / warm); storm ejabberd "
+             "~.1f / ~.1f us/msg (cold / warm; ~b hibernated before); trickle ~.1f msgs/s, ~.1f idle notices/s, "
+             "ejabberd ~.1f %",
+             [IdleSecs, maps:get(idle_c2s_b, Res), maps:get(hibernated, C2s), maps:get(n, C2s),
+              maps:get(total, maps:get(idle_parts_b, Res)), maps:get(idle_ej_rss_b, Res),
+              maps:get(idle_rss_ratio, Res), fmt(maps:get(probe_cold_p50, Res)),
+              fmt(maps:get(probe_warm_p50, Res)), maps:get(storm_cold_ej_us, Res),
+              maps:get(storm_warm_ej_us, Res), Hib, maps:get(trickle_msgs_s, Res),
+              maps:get(trickle_notices_s, Res), maps:get(trickle_ej_cpu, Res)]),
     Res.
+
+%% One storm round: {Result, ReadingBefore, ReadingAfter}; every session must
+%% get its partner's message.
+storm(Cfg, Pools, Tag) ->
+    RA = read(Cfg),
+    Rs = pcall(Pools, {storm, Tag}, 180000),
+    RB = read(Cfg),
+    Failed = lists:sum([maps:get(failed, R) || R <- Rs]),
+    Failed =:= 0 orelse fail("storm ~s: ~b sessions did not get their partner's message: ~p",
+                             [Tag, Failed, lists:append([maps:get(reasons, R) || R <- Rs])]),
+    {#{lats => lists:append([maps:get(lats, R) || R <- Rs])}, RA, RB}.
+
+%% The same request to every pool at once; the replies in pool order.
+pcall(Pools, Req, Timeout) ->
+    Self = self(),
+    Refs = [begin
+                Ref = make_ref(),
+                spawn_link(fun() -> Self ! {Ref, megaphone_bench_load:call(P, Req, Timeout)} end),
+                Ref
+            end || P <- Pools],
+    [receive {Ref, R} -> R end || Ref <- Refs].
+
+%% P-th percentile of a sorted list.
+pct([], _) -> undefined;
+pct(L, P) -> 1.0 * lists:nth(max(1, min(length(L), ceil(length(L) * P / 100))), L).
+
+%% Idle notices sent so far, summed over the Megaphone nodes.
+idle_notices(MPs) ->
+    lists:sum([case megaphone:stats(MP, 5000) of
+                   {ok, #{idle_notices := I}} -> I;
+                   {ok, _} -> 0;
+                   Other -> fail("megaphone:stats(~s): ~p", [MP, Other])
+               end || {MP, _} <- MPs]).
+
+%% The c2s processes in ejabberd (proc_lib initial call xmpp_stream_in:init/1
+%% for ejabberd's own listener, megaphone_c2s:init/1 for Megaphone's):
+%% #{n, mem (sum of process_info memory), hibernated (waiting in
+%% erlang:hibernate/3)}. Evaluated inside ejabberd (erl_eval: nothing of ours
+%% is loaded there); process_info wakes nobody.
+c2s_stats(Ej) ->
+    Src = "lists:foldl("
+          "  fun(P, {N, M, H}) ->"
+          "      case erlang:process_info(P, [dictionary, memory, current_function]) of"
+          "          [{dictionary, D}, {memory, Mem}, {current_function, CF}] ->"
+          "              case lists:keyfind('$initial_call', 1, D) of"
+          "                  {_, {Mod, init, _}} when Mod =:= xmpp_stream_in; Mod =:= megaphone_c2s ->"
+          "                      {N + 1, M + Mem, H + case CF of {erlang, hibernate, 3} -> 1; _ -> 0 end};"
+          "                  _ -> {N, M, H}"
+          "              end;"
+          "          _ -> {N, M, H}"
+          "      end"
+          "  end, {0, 0, 0}, erlang:processes()).",
+    {ok, Toks, _} = erl_scan:string(Src),
+    {ok, Exprs} = erl_parse:parse_exprs(Toks),
+    case rpc:call(Ej, erl_eval, exprs, [Exprs, []], 120000) of
+        {value, {N, M, H}, _} -> #{n => N, mem => M, hibernated => H};
+        Other -> fail("c2s process memory: ~p", [Other])
+    end.
 
 %% After the logins: idle until ejabberd's erlang:memory(total) moves by less
 %% than 100 B per session between two readings 1 s apart (at most 30 s): the
-%% reading then. Then every process in ejabberd is garbage-collected and read
-%% again (the live data of a session, a lower bound). {Settled, AfterGC, Seconds}.
-settle(Cfg = #{ej := Ej}, N) ->
+%% reading then, without any forced GC. {Settled, Seconds}.
+settle(Cfg, N) ->
     T0 = erlang:monotonic_time(millisecond),
     Settled = settle_loop(Cfg, N, read(Cfg), deadline(30000)),
-    Secs = (erlang:monotonic_time(millisecond) - T0) / 1000,
-    gc_all(Ej),
-    {Settled, read(Cfg), Secs}.
+    {Settled, (erlang:monotonic_time(millisecond) - T0) / 1000}.
 
 %% The reading before the logins, once ejabberd is quiet: every process
 %% garbage-collected, and the number of processes and erlang:memory(total)
@@ -349,6 +494,8 @@ do_msg_run(Cfg = #{ej := Ej, pairs := P, inflight := K, secs := Secs, warmup := 
     [ok = megaphone_bench_load:call(Pl, {measure, true}, 30000) || Pl <- Pools],
     C0 = delivered(Pools),
     R0 = read(Cfg),
+    #{mp := MPs} = Cfg,
+    N0 = idle_notices(MPs),
     timer:sleep(Secs * 1000),
     %% --smoke asks for a number of messages rather than a time.
     MinMsgs = maps:get(min_msgs, Cfg, 0),
@@ -356,6 +503,7 @@ do_msg_run(Cfg = #{ej := Ej, pairs := P, inflight := K, secs := Secs, warmup := 
                io_lib:format("~b messages delivered", [MinMsgs])),
     C1 = delivered(Pools),
     R1 = read(Cfg),
+    N1 = idle_notices(MPs),
     [ok = megaphone_bench_load:call(Pl, {measure, false}, 30000) || Pl <- Pools],
     Stops = [megaphone_bench_load:call(Pl, chat_stop, 120000) || Pl <- Pools],
     close(Cfg, Pools),
@@ -369,6 +517,7 @@ do_msg_run(Cfg = #{ej := Ej, pairs := P, inflight := K, secs := Secs, warmup := 
     {B1, T1} = maps:get(sys, R1),
     Res = #{msgs => Msgs, secs => Dt, msgs_s => Msgs / Dt,
             ej_cpu => 100 * Cpu(ej_cpu) / Dt, mp_cpu => 100 * Cpu(mp_cpu) / Dt,
+            idle_notices_s => (N1 - N0) / Dt,
             ej_us => per(Cpu(ej_cpu) * 1.0e6, Msgs), mp_us => per(Cpu(mp_cpu) * 1.0e6, Msgs),
             machine_busy => 100 * (B1 - B0) / max(1, T1 - T0),
             p50_us => megaphone_bench_load:percentile(Hist, 50),
@@ -403,7 +552,9 @@ do_scale_run(Cfg = #{ej := Ej, mp := MPs, n := N, hold := Hold, clk_tck := Hz}) 
     {Pools, Secs} = login(Cfg, 1, N),
     R1 = read(Cfg),
     progress("  ~b sessions logged in and verified in ~.1f s; holding them ~b s", [N, Secs, Hold]),
-    {R2, RGc, Settle} = settle(Cfg, N),
+    {R2, Settle} = settle(Cfg, N),
+    gc_all(Ej),
+    RGc = read(Cfg),
     Checks = hold(Cfg, Pools, deadline(Hold * 1000), 0),
     Ping = ping_all(Pools),
     Sessions = ej_sessions(Ej),

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "Tests" / "integration"))
 
-from harness.ejabberd import Ejabberd  # noqa: E402
+from harness.ejabberd import ALLOC_FLAGS, Ejabberd  # noqa: E402
 from harness.env import MEGAPHONE_EBIN  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
 from harness.megaphone_node import MegaphoneNode  # noqa: E402
@@ -72,7 +72,9 @@ def main() -> int:
     starttls_port, tls_port, plain_port = (port_or_free(args.port + i) for i in range(3))
     # A throwaway CA and a certificate for localhost; a real deployment uses ejabberd's certfile.
     pki = make_test_pki(base / "pki")
-    beams = {"extra_beams": [], "erl_options": f"-pa {MEGAPHONE_EBIN}"} if args.pa else {}
+    # The allocator flags README's "With an existing ejabberd" recommends (harness.ejabberd.ALLOC_FLAGS).
+    beams = {"extra_beams": [], "erl_options": f"-pa {MEGAPHONE_EBIN} {ALLOC_FLAGS}"} if args.pa else \
+        {"erl_options": ALLOC_FLAGS}
     ej = Ejabberd(base, {node: [("starttls", starttls_port), ("tls", tls_port), ("tcp", plain_port)]},
                   cookie=cookie, connect_retry=1, megaphone_opts={"certfile": str(pki.server.bundle)}, **beams)
     mp = MegaphoneNode(base / "nodes", cookie, ej.helper, name=args.name)

@@ -24,7 +24,7 @@ Ejabberd`, `harness.XMPP_HOST`); new code may import from the module that does t
 """
 from __future__ import annotations
 
-from .ejabberd import Ejabberd, chown_tree
+from .ejabberd import ALLOC_FLAGS, Ejabberd, chown_tree
 from .env import (EJABBERD_USER, EJABBERDCTL, EPMD_PORT, HERE, MEGAPHONE_BIN, MEGAPHONE_EBIN, ROOT,
                   XMPP_HOST)
 from .erl_helper import ErlError, ErlHelper

@@ -20,6 +20,17 @@ from .processes import comm, kill_pid, pid_alive, pids_with_arg_pair, raise_now,
 from .registry import register
 from .terms import binary
 
+# Allocator flags for ejabberd's beam (issue 13; BENCHMARKS.md, "Issue 13: idle sessions"): process
+# heaps (eheap_alloc, +MH) and binaries (+MB) in age-ordered first-fit carriers of at most 512 KB.
+# After a login burst the sessions' grown heaps are freed (hibernation, or any shrink) in between
+# the live ones; with OTP's defaults (best fit, carriers up to 5 MB) nearly no carrier empties and
+# beam RSS stays ~3x erlang:memory (10,000 hibernated sessions: 19.5 KB against 6.4 KB each). Age
+# order keeps allocations in the oldest carriers, so younger ones empty and go back to the OS
+# (6.3 KB against 6.2 KB). scripts/run and the benches start ejabberd with them; README's "With an
+# existing ejabberd" gives operators the same ERL_OPTIONS line. bench/lib.sh holds a copy for the
+# shell benches.
+ALLOC_FLAGS = "+MHas ageffcbf +MBas ageffcbf +MHlmbcs 512 +MBlmbcs 512"
+
 
 def _ejabberd_ids() -> tuple[int, int]:
     pw = pwd.getpwnam(EJABBERD_USER)
