@@ -63,6 +63,9 @@ handle_cast(Msg, State) ->
 
 -spec handle_info(term(), map()) -> term().
 handle_info({megaphone_idle, _ConnId}, #{stream_timeout := infinity} = State) ->
+    %% The `rand' state a login left in the dictionary (~330 bytes) is not
+    %% the session's: `rand' seeds itself again if it is ever needed.
+    erase(rand_seed),
     {noreply, State, hibernate};
 handle_info(Info, State) ->
     xmpp_stream_in:handle_info(Info, State).

@@ -20,7 +20,7 @@
 %% monitors the node instead (a lost node ends the session at once);
 %% `send_xml/2' serialises what the c2s sends; `reset_stream/1' restarts the
 %% node's parser (before `<success/>' goes out); the first `setopts/2' opens
-%% the node's window of elements and {@link element_handled/0}, run from
+%% the node's window of elements and {@link element_handled/1}, run from
 %% mod_megaphone's `c2s_handle_recv' hook inside the c2s, gives the credit
 %% back in batches.
 %%
@@ -47,7 +47,7 @@
 -export([reset_stream/1]).
 
 %% Parsed mode: credit, from mod_megaphone's hook.
--export([element_handled/0]).
+-export([element_handled/1]).
 -export([window/0]).
 
 -export_type([socket/0]).
@@ -59,9 +59,10 @@
 %% `start'); credit goes back in batches of half of it.
 -define(WINDOW, 16).
 -define(CREDIT_BATCH, (?WINDOW div 2)).
-%% In the c2s's process dictionary: `{Node, ConnId, Handled}', elements
-%% handled since credit was last given back.
--define(CREDIT_KEY, megaphone_credit).
+%% In the c2s's process dictionary, while not 0: elements handled since
+%% credit was last given back. (The node and ConnId come from the socket the
+%% session holds anyway: an idle session pays one small integer at most.)
+-define(HANDLED_KEY, megaphone_handled).
 
 %% Raw mode: the c2s process is its own owner, so it runs ejabberd's parser.
 %% Parsed mode: the node is (see the module doc).
@@ -75,22 +76,29 @@ get_owner({megaphone, _Node, _ConnId, _Transport, NodePid}) ->
 window() ->
     ?WINDOW.
 
-%% Called inside a c2s for each element it has handled; gives the node
-%% credit for a batch of them. A no-op in processes that are not parsed
-%% Megaphone sessions.
--spec element_handled() -> ok.
-element_handled() ->
-    case get(?CREDIT_KEY) of
-        {Node, ConnId, Handled} when Handled + 1 >= ?CREDIT_BATCH ->
-            put(?CREDIT_KEY, {Node, ConnId, 0}),
+%% Called inside a c2s for each element it has handled, with the session's
+%% xmpp_socket state (`#socket_state{sockmod, socket, ...}' of p1_xmpp: its
+%% second and third elements); gives the node credit for a batch of them. A
+%% no-op for any other socket.
+-spec element_handled(tuple()) -> ok.
+element_handled(SocketState) when tuple_size(SocketState) >= 3,
+                                  element(2, SocketState) =:= ?MODULE,
+                                  tuple_size(element(3, SocketState)) =:= 5 ->
+    {megaphone, Node, ConnId, _, _} = element(3, SocketState),
+    case get(?HANDLED_KEY) of
+        Handled when is_integer(Handled), Handled + 1 >= ?CREDIT_BATCH ->
+            erase(?HANDLED_KEY),
             _ = megaphone:credit(Node, ConnId, Handled + 1, [noconnect]),
             ok;
-        {Node, ConnId, Handled} ->
-            put(?CREDIT_KEY, {Node, ConnId, Handled + 1}),
+        Handled when is_integer(Handled) ->
+            put(?HANDLED_KEY, Handled + 1),
             ok;
         undefined ->
+            put(?HANDLED_KEY, 1),
             ok
-    end.
+    end;
+element_handled(_SocketState) ->
+    ok.
 
 %% Queues Data for the client. `{error, closed}' when the node is not
 %% connected: the c2s then ends the stream.
@@ -117,16 +125,12 @@ send_xml(Socket, {xmlstreamraw, Data}) ->
 %% `{active, once}' asks the node for the next chunk, to be sent to the
 %% calling c2s process. Other options have no meaning here.
 %% Parsed mode: the c2s activates its socket once, at accept; that opens the
-%% node's window (see element_handled/0 for the rest).
+%% node's window (see element_handled/1 for the rest).
 -spec setopts(socket(), [{active, once | boolean()} | term()]) -> ok | {error, closed}.
 setopts(Socket, Opts) ->
     {Node, ConnId} = conn(Socket),
     case lists:member({active, once}, Opts) of
         true ->
-            case {Socket, get(?CREDIT_KEY)} of
-                {{megaphone, _, _, _, _}, undefined} -> put(?CREDIT_KEY, {Node, ConnId, 0});
-                _ -> ok
-            end,
             closed_if_down(megaphone:get_data(Node, ConnId, [noconnect]));
         false ->
             ok

@@ -644,8 +644,10 @@ parser_options(Opts) ->
 %% Runs inside each c2s for every element it has handled; in a parsed
 %% session, gives the node credit for the next ones.
 -spec c2s_handle_recv(State, fxml:xmlel(), term()) -> State when State :: map().
+c2s_handle_recv(#{socket := Socket} = State, _El, _Pkt) ->
+    megaphone_socket:element_handled(Socket),
+    State;
 c2s_handle_recv(State, _El, _Pkt) ->
-    megaphone_socket:element_handled(),
     State.
 
 %% Runs inside a c2s for messages xmpp_stream_in does not know. A parsed

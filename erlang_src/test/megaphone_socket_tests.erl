@@ -102,18 +102,24 @@ parsed_owner() ->
     ?assertEqual(node_pid(), megaphone_socket:get_owner(parsed(tcp))),
     ?assertEqual(tls, megaphone_socket:get_transport(parsed(tls))).
 
+%% xmpp_socket's #socket_state{} (p1_xmpp 1.6.1) around a socket term.
+socket_state(Socket) ->
+    {socket_state, megaphone_socket, Socket, infinity, undefined, none, none}.
+
 parsed_credit() ->
     Self = self(),
     ok = megaphone_socket:setopts(parsed(tcp), [{active, once}]),
     ?assertEqual({get_data, Self, ?ID}, got()),
+    State = socket_state(parsed(tcp)),
     Batch = megaphone_socket:window() div 2,
-    [megaphone_socket:element_handled() || _ <- lists:seq(1, Batch - 1)],
+    [megaphone_socket:element_handled(State) || _ <- lists:seq(1, Batch - 1)],
     nothing_more(),
-    megaphone_socket:element_handled(),
+    megaphone_socket:element_handled(State),
     ?assertEqual({credit, ?ID, Batch}, got()),
-    [megaphone_socket:element_handled() || _ <- lists:seq(1, Batch)],
-    ?assertEqual({credit, ?ID, Batch}, got()),
-    erase(megaphone_credit).
+    %% nothing left in the dictionary between batches
+    ?assertEqual(undefined, get(megaphone_handled)),
+    [megaphone_socket:element_handled(State) || _ <- lists:seq(1, Batch)],
+    ?assertEqual({credit, ?ID, Batch}, got()).
 
 parsed_reset() ->
     S = parsed(tcp),
@@ -134,10 +140,12 @@ p1_shaper_state(Rate, Burst) ->
     {state, Rate, Burst, Burst, erlang:system_time(microsecond)}.
 
 raw_element_handled() ->
-    ok = megaphone_socket:setopts(socket(tcp), [{active, once}]),
-    _ = got(),
-    [megaphone_socket:element_handled() || _ <- lists:seq(1, 64)],
-    nothing_more().
+    %% a raw session's socket, and any other socket module's: nothing
+    [megaphone_socket:element_handled(socket_state(socket(tcp))) || _ <- lists:seq(1, 64)],
+    [megaphone_socket:element_handled({socket_state, gen_tcp, port, infinity, undefined, none, none})
+     || _ <- lists:seq(1, 64)],
+    nothing_more(),
+    ?assertEqual(undefined, get(megaphone_handled)).
 
 nothing_more() ->
     receive {node_got, Unexpected} -> erlang:error({unexpected, Unexpected}) after 100 -> ok end.
