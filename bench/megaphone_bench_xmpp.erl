@@ -122,9 +122,7 @@ register_users(Ej, N) ->
           "              end"
           "      end,"
           "Reg(1, []).",
-    {ok, Toks, _} = erl_scan:string(Src),
-    {ok, Exprs} = erl_parse:parse_exprs(Toks),
-    case rpc:call(Ej, erl_eval, exprs, [Exprs, [{'N', N}]], 600000) of
+    case eval_on(Ej, Src, [{'N', N}], 600000) of
         {value, [], _} -> ok;
         {value, Bad, _} -> fail("registering users failed for ~b of them, e.g. ~p",
                                 [length(Bad), lists:sublist(Bad, 3)]);
@@ -415,9 +413,7 @@ c2s_stats(Ej) ->
           "          _ -> {N, M, H}"
           "      end"
           "  end, {0, 0, 0}, erlang:processes()).",
-    {ok, Toks, _} = erl_scan:string(Src),
-    {ok, Exprs} = erl_parse:parse_exprs(Toks),
-    case rpc:call(Ej, erl_eval, exprs, [Exprs, []], 120000) of
+    case eval_on(Ej, Src, [], 120000) of
         {value, {N, M, H}, _} -> #{n => N, mem => M, hibernated => H};
         Other -> fail("c2s process memory: ~p", [Other])
     end.
@@ -596,3 +592,10 @@ hold(Cfg = #{ej := Ej, mp := MPs, n := N}, Pools, Deadline, Checks) ->
                      [S, C, remaining(Deadline) div 1000]),
             hold(Cfg, Pools, Deadline, Checks + 1)
     end.
+
+%% Evaluates the Erlang expressions in Src inside node Ej (which needs none of
+%% this module's code) with Bindings; returns what rpc:call/5 returns.
+eval_on(Ej, Src, Bindings, Timeout) ->
+    {ok, Toks, _} = erl_scan:string(Src),
+    {ok, Exprs} = erl_parse:parse_exprs(Toks),
+    rpc:call(Ej, erl_eval, exprs, [Exprs, Bindings], Timeout).
