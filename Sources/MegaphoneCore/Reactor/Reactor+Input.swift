@@ -74,34 +74,49 @@ extension Reactor {
             starved.insert(id)
             return
         }
-        let buffer = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<config.maxChunk])
+        let (bytes, end) = readChunk(fd, limit: config.maxChunk)
+        if !bytes.isEmpty { deliver(fd, Array(bytes)) }
+        // The client has sent everything: tcp_closed follows the last chunk at once. Our side stays
+        // open for what the owner sends back.
+        switch end {
+        case .eof:
+            clientFinished(fd)
+        case .failed(let reason, let event):
+            closeConnection(fd, reason: reason, notify: event)
+        case .open:
+            // A chunk that filled up just before the EOF: tcp_closed follows it all the same.
+            if table[fd].flags.contains(.peerClosed) { finishIfDrained(fd) }
+        }
+    }
+
+    /// How a read left the connection.
+    enum ChunkEnd {
+        case open
+        /// The client's EOF (after the bytes read).
+        case eof
+        /// A read or TLS error: close with this reason, telling the owner this event.
+        case failed(CloseReason, Event)
+    }
+
+    /// Reads at most `limit` bytes of a client into `scratch` through its transport: counts them,
+    /// and keeps `readable` as the read left it. The bytes are valid until the next read.
+    func readChunk(_ fd: CInt, limit: Int) -> (bytes: UnsafeRawBufferPointer, end: ChunkEnd) {
+        let buffer = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<limit])
         let (filled, end) = table[fd].transport.fill(fd, buffer, peerClosed: table[fd].flags.contains(.peerClosed))
-        var eof = false
-        var ended: (CloseReason, Event)? = nil
+        if filled > 0 { counters.bytesIn.add(filled, ordering: .relaxed) }
+        let bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<filled])
         switch end {
         case .open(let readable):
             if !readable { table[fd].flags.remove(.readable) }
+            return (bytes, .open)
         case .eof:
-            eof = true
+            return (bytes, .eof)
         case .failed(let reason, let closeReason, let detail):
+            let id = table[fd].connID
             if let detail {
                 logger.debug("TLS read failed", metadata: ["connection.id": "\(id)", "error": "\(detail)"])
             }
-            ended = (closeReason, .error(connID: id, reason: reason))
-        }
-        if filled > 0 {
-            counters.bytesIn.add(filled, ordering: .relaxed)
-            deliver(fd, Array(UnsafeRawBufferPointer(rebasing: buffer[0..<filled])))
-        }
-        // The client has sent everything: tcp_closed follows the last chunk at once. Our side stays
-        // open for what the owner sends back.
-        if eof {
-            clientFinished(fd)
-        } else if let (reason, event) = ended {
-            closeConnection(fd, reason: reason, notify: event)
-        } else if table[fd].flags.contains(.peerClosed) {
-            // A chunk that filled up just before the EOF: tcp_closed follows it all the same.
-            finishIfDrained(fd)
+            return (bytes, .failed(closeReason, .error(connID: id, reason: reason)))
         }
     }
 }
@@ -145,32 +160,26 @@ extension Reactor {
                 limit = Swift.min(limit, allowed)
             }
             reads += 1
-            let buffer = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<limit])
-            let (filled, end) = table[fd].transport.fill(fd, buffer, peerClosed: table[fd].flags.contains(.peerClosed))
-            if filled > 0 {
-                counters.bytesIn.add(filled, ordering: .relaxed)
+            let (bytes, end) = readChunk(fd, limit: limit)
+            if !bytes.isEmpty {
                 markActive(fd)
-                input.shaper.spend(filled)
-                let bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<filled])
+                input.shaper.spend(bytes.count)
                 let used = parse(fd, input, bytes)
-                if used < filled && !input.parser.hasFailed {
+                if used < bytes.count && !input.parser.hasFailed {
                     let rest = ByteQueue()
                     rest.append(UnsafeRawBufferPointer(rebasing: bytes[used...]))
                     table[fd].inbound = rest
                 }
             }
             switch end {
-            case .open(let readable):
-                if !readable { table[fd].flags.remove(.readable) }
+            case .open:
+                break
             case .eof:
                 // What the client sent before its EOF is parsed first; tcp_closed follows it.
                 if table[fd].inbound == nil { clientFinished(fd) } else { table[fd].flags.insert(.peerClosed) }
                 return
-            case .failed(let reason, let closeReason, let detail):
-                if let detail {
-                    logger.debug("TLS read failed", metadata: ["connection.id": "\(id)", "error": "\(detail)"])
-                }
-                closeConnection(fd, reason: closeReason, notify: .error(connID: id, reason: reason))
+            case .failed(let reason, let event):
+                closeConnection(fd, reason: reason, notify: event)
                 return
             }
             if table[fd].flags.contains(.peerClosed) && table[fd].inbound == nil { finishIfDrained(fd) }
