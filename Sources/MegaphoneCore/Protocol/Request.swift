@@ -334,21 +334,9 @@ private struct RequestDecoder {
             guard let path = try? r.readIOData(limit: 4096), !path.isEmpty else { throw fail(.badopt(name)) }
             options.certfile = String(decoding: path, as: UTF8.self)
         case "max_connections":
-            if r.peekTag() == ExternalTag.smallAtomUTF8 || r.peekTag() == ExternalTag.atomUTF8
-                || r.peekTag() == ExternalTag.smallAtom || r.peekTag() == ExternalTag.atom
-            {
-                guard (try? r.readAtom()) == "infinity" else { throw fail(.badopt(name)) }
-                options.maxConnections = .max
-            } else {
-                options.maxConnections = try positive(&r, name)
-            }
+            options.maxConnections = try positiveOrInfinity(&r, name) ?? .max
         case "max_connections_per_ip":
-            if isAtom(r) {
-                guard (try? r.readAtom()) == "infinity" else { throw fail(.badopt(name)) }
-                options.maxConnectionsPerIP = .max
-            } else {
-                options.maxConnectionsPerIP = try positive(&r, name)
-            }
+            options.maxConnectionsPerIP = try positiveOrInfinity(&r, name) ?? .max
         case "connection_rate_per_ip":
             if isAtom(r) {
                 guard (try? r.readAtom()) == "infinity" else { throw fail(.badopt(name)) }
@@ -360,19 +348,9 @@ private struct RequestDecoder {
                 options.connectionRatePerIP = ConnectionRate(count: count, periodMillis: period)
             }
         case "stream_header_timeout":
-            if isAtom(r) {
-                guard (try? r.readAtom()) == "infinity" else { throw fail(.badopt(name)) }
-                options.streamHeaderTimeoutMillis = nil
-            } else {
-                options.streamHeaderTimeoutMillis = try positive(&r, name, max: 3_600_000)
-            }
+            options.streamHeaderTimeoutMillis = try positiveOrInfinity(&r, name, max: 3_600_000)
         case "announce_timeout":
-            if isAtom(r) {
-                guard (try? r.readAtom()) == "infinity" else { throw fail(.badopt(name)) }
-                options.announceTimeoutMillis = nil
-            } else {
-                options.announceTimeoutMillis = try positive(&r, name, max: 3_600_000)
-            }
+            options.announceTimeoutMillis = try positiveOrInfinity(&r, name, max: 3_600_000)
         case "ciphers":
             guard let text = try? r.readIOData(limit: 4096), !text.isEmpty else { throw fail(.badopt(name)) }
             options.ciphers = String(decoding: text, as: UTF8.self)
@@ -396,21 +374,11 @@ private struct RequestDecoder {
             guard let mode = (try? r.readAtom()).flatMap(InputMode.init(rawValue:)) else { throw fail(.badopt(name)) }
             options.parser = mode
         case "max_stanza_size":
-            if isAtom(r) {
-                guard (try? r.readAtom()) == "infinity" else { throw fail(.badopt(name)) }
-                options.maxStanzaSize = InputMode.stanzaSizeCap
-            } else {
-                options.maxStanzaSize = try positive(&r, name, max: InputMode.stanzaSizeCap)
-            }
+            options.maxStanzaSize = try positiveOrInfinity(&r, name, max: InputMode.stanzaSizeCap) ?? InputMode.stanzaSizeCap
         case "window":
             options.window = try positive(&r, name, max: 1 << 16)
         case "hibernate_after":
-            if isAtom(r) {
-                guard (try? r.readAtom()) == "infinity" else { throw fail(.badopt(name)) }
-                options.hibernateAfterMillis = nil
-            } else {
-                options.hibernateAfterMillis = try positive(&r, name, max: 86_400_000)
-            }
+            options.hibernateAfterMillis = try positiveOrInfinity(&r, name, max: 86_400_000)
         case "controller":
             guard let decoded = try? r.readPid(), let pid = nodes.pidRef(decoded) else { throw fail(.badopt(name)) }
             options.controller = pid
@@ -423,6 +391,13 @@ private struct RequestDecoder {
         let tag = r.peekTag()
         return tag == ExternalTag.smallAtomUTF8 || tag == ExternalTag.atomUTF8
             || tag == ExternalTag.smallAtom || tag == ExternalTag.atom
+    }
+
+    /// A positive integer up to `max`, or nil for the atom `infinity`; anything else is `{badopt, Name}`.
+    func positiveOrInfinity(_ r: inout TermReader, _ name: String, max: Int = .max) throws(RequestError) -> Int? {
+        guard isAtom(r) else { return try positive(&r, name, max: max) }
+        guard (try? r.readAtom()) == "infinity" else { throw fail(.badopt(name)) }
+        return nil
     }
 
     func positive(_ r: inout TermReader, _ name: String, max: Int = .max) throws(RequestError) -> Int {
