@@ -54,6 +54,10 @@ public struct XMLStreamParser {
     /// An error has ended the stream.
     public var hasFailed: Bool { failed != nil }
 
+    /// This stream's header has been parsed (and handed out as `streamStart`) since the start or
+    /// the last `reset()`.
+    public var hasStreamHeader: Bool { stream != nil }
+
     /// True when nothing is pending: no partial token or stanza, no buffer held.
     public var isIdle: Bool { work == nil && !utf8.inProgress }
 

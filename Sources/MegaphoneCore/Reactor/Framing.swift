@@ -25,8 +25,6 @@ final class ParsedInput {
     var credit: Int32 = 0
     /// The session's shaper, once `change_shaper` has named one (`.none` until then).
     var shaper = ReadShaper.none
-    /// A stream header has reached the session since the last reset: it has answered with its own.
-    var streamOpen = false
 }
 
 /// The reactor's side of the framing stage.
@@ -59,8 +57,7 @@ extension Reactor {
 
     func send(_ event: XMLStreamEvent, of fd: CInt, _ input: ParsedInput) {
         let id = table[fd].connID
-        var payload: [UInt8] = []
-        if case .error(.restricted(let text)) = event, input.streamOpen {
+        if case .error(.restricted(let text)) = event, input.parser.hasStreamHeader {
             // ejabberd has no event for this: mod_megaphone's c2s_handle_info hook sends the
             // session's <restricted-xml/> stream error. Before any header the session could not
             // send it after its own header, so it gets the event and answers <not-well-formed/>.
@@ -69,6 +66,7 @@ extension Reactor {
             emit(to: table[fd].owner, .restrictedXML(connID: id, text: text))
             return
         }
+        var payload: [UInt8] = []
         ExternalTermFormat.encode(event, into: &payload)
         switch event {
         case .element:
@@ -76,7 +74,6 @@ extension Reactor {
             counters.elementsDelivered.add(1, ordering: .relaxed)
         case .streamStart:
             opening.headerWatch[id] = nil
-            input.streamOpen = true
         case .error(let error):
             counters.streamErrors.add(1, ordering: .relaxed)
             logger.debug("Client stream refused", metadata: ["connection.id": "\(id)", "error": "\(error.text)"])
@@ -118,6 +115,5 @@ extension Reactor {
     func resetStream(connID: UInt64) {
         guard let fd = establishedFD(of: connID), case .parsed(let input) = table[fd].framing else { return }
         input.parser.reset()
-        input.streamOpen = false
     }
 }
