@@ -204,6 +204,7 @@ class OneNodeEnv(_Users):
 def one_node_env(cls, prefix: str, what: str, **ejabberd_opts):
     """Yields a `cls` (a OneNodeEnv) over a fresh ejabberd and Megaphone node; stops both by PID
     and removes the tree afterwards (kept if a test failed). For module-scoped fixtures."""
+    _check_built()
     base = Path(tempfile.mkdtemp(prefix=f"megaphone-it-{prefix}-"))
     os.chmod(base, 0o755)
     ej = node = None

@@ -9,42 +9,30 @@ The pure node behaviour (1 GB pushed, rates) is in erlang_src/test/megaphone_lim
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
 import socket
-import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+import conftest
 import harness
 from clients import Client, Session, run, until
-from conftest import _bring_up, _Users, _check_built, _tear_down
-from harness.ejabberd import Ejabberd
-from harness.megaphone_node import MegaphoneNode
-from harness.net import free_port
 from harness.processes import wait_for
 
 STREAM_HEADER_TIMEOUT = 1    # s
 MAX_CONNECTIONS_PER_IP = 8
 RSS_BOUND_KB = 64 * 1024     # what the node may grow by over its RSS before a flood
+# mod_megaphone's options in this environment (tests that change them restore these)
+BASE_MODULE_OPTS = {"stream_header_timeout": STREAM_HEADER_TIMEOUT,
+                    "max_connections_per_ip": MAX_CONNECTIONS_PER_IP}
 HEADER = (f"<?xml version='1.0'?><stream:stream to='{harness.XMPP_HOST}' xmlns='jabber:client' "
           "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>").encode()
 
 
-@dataclass
-class LimitsEnv(_Users):
-    base: Path
-    ej: Ejabberd
-    node: MegaphoneNode
-    port: int
-    users: list[str] = field(default_factory=list)
-
+class LimitsEnv(conftest.OneNodeEnv):
     def base_module_opts(self) -> dict:
-        return {"stream_header_timeout": STREAM_HEADER_TIMEOUT,
-                "max_connections_per_ip": MAX_CONNECTIONS_PER_IP}
+        return dict(BASE_MODULE_OPTS)
 
     def reconfigure(self, **opts) -> None:
         merged = {**self.base_module_opts(), **opts}
@@ -83,21 +71,8 @@ class LimitsEnv(_Users):
 
 @pytest.fixture(scope="module")
 def limits_env():
-    _check_built()
-    base = Path(tempfile.mkdtemp(prefix="megaphone-it-limits-"))
-    os.chmod(base, 0o755)
-    ej = node = None
-    try:
-        cookie = secrets.token_hex(16)
-        name = harness.unique("mpit_lim_")
-        port = free_port()
-        ej = Ejabberd(base, {f"{name}@localhost": port}, cookie=cookie, connect_retry=1)
-        node = MegaphoneNode(base / "nodes", cookie, ej.helper, name=name)
-        env = LimitsEnv(base, ej, node, port)
-        _bring_up(ej, node, env)
-        yield env
-    finally:
-        _tear_down(base, (ej, node), "limits integration")
+    yield from conftest.one_node_env(LimitsEnv, "limits", "limits integration",
+                                     megaphone_opts=dict(BASE_MODULE_OPTS))
 
 
 @pytest.fixture
