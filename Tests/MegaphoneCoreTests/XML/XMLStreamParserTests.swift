@@ -341,4 +341,25 @@ struct XMLStreamParserTests {
             #expect(!parser.isIdle)
         }
     }
+
+    /// fxml counts max_stanza_size from its last event, and text between stanzas is one: expat
+    /// hands a CR over with the next character, a reference at its `;`. A 256-byte stanza after a CR,
+    /// or a 255-byte one after `&amp;`, passes fxml's limit of 256 (corpus files
+    /// size-after-*-between-stanzas.xml); the node (no stream-level text events) counts the same.
+    @Test func theStanzaSizeCountRestartsWhereFxmlsDoes() {
+        let limits = XMLStreamLimits(maxStanzaSize: 256)
+        let afterCR = Self.header + "<presence/>\r<message><body>" + String(repeating: "x", count: 224) + "</body></message>"
+        let afterRef = Self.header + "<presence/>&amp;<message><body>" + String(repeating: "x", count: 223) + "</body></message>"
+        for (text, stanza) in [(afterCR, 256), (afterRef, 255)] {
+            for reports in [false, true] {
+                let got = events(text, limits: limits, reportsStreamCData: reports)
+                let elements = got.filter { if case .element = $0 { true } else { false } }
+                #expect(elements.count == 2, "a \(stanza)-byte stanza, stream-level text reported: \(reports): \(got.last.map { "\($0)" } ?? "none")")
+                #expect(!got.contains { if case .error = $0 { true } else { false } })
+            }
+            // One byte more is too big, as for fxml.
+            let longer = text.replacingOccurrences(of: "</body>", with: "x</body>")
+            #expect(events(longer, limits: limits).last == .error(.tooBig))
+        }
+    }
 }
