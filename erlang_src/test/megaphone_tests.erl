@@ -15,6 +15,8 @@
 
 -include_lib("eunit/include/eunit.hrl").
 
+-import(megaphone_test_client, [poll/2, read_until_closed/2, deadline/1, remaining/1]).
+
 -define(LOCALHOST, {127, 0, 0, 1}).
 -define(MAX_CHUNK, 16).
 -define(OPTS, [{listen, [{tcp, ?LOCALHOST, 0}]}, {max_chunk, ?MAX_CHUNK}]).
@@ -385,16 +387,6 @@ read_bytes(Node, ConnId, N, Acc) ->
     ?assert(byte_size(Chunk) > 0 andalso byte_size(Chunk) =< ?MAX_CHUNK),
     read_bytes(Node, ConnId, N, <<Acc/binary, Chunk/binary>>).
 
-%% Reads a passive client socket until it closes.
-read_until_closed(Client, Deadline) ->
-    read_until_closed(Client, Deadline, []).
-
-read_until_closed(Client, Deadline, Acc) ->
-    case gen_tcp:recv(Client, 0, remaining(Deadline)) of
-        {ok, Data} -> read_until_closed(Client, Deadline, [Acc, Data]);
-        {error, Reason} -> {iolist_to_binary(Acc), Reason}
-    end.
-
 %% Sends Chunk until the owner (us) hears send_queue_full. Every few chunks
 %% a stats round trip lets the node catch up, so that we never run far ahead
 %% of it on the distribution link.
@@ -437,31 +429,6 @@ report_as_owner(Test, ConnId) ->
             ok
     end.
 
-%% Calls Fun until it returns something other than false; fails at the
-%% deadline.
-poll(Fun, Timeout) ->
-    poll_until(Fun, deadline(Timeout)).
-
-poll_until(Fun, Deadline) ->
-    case Fun() of
-        false ->
-            case remaining(Deadline) of
-                0 ->
-                    erlang:error({poll_timeout, Fun});
-                _ ->
-                    receive after 20 -> ok end,
-                    poll_until(Fun, Deadline)
-            end;
-        Result ->
-            Result
-    end.
-
 mailbox() ->
     {messages, Messages} = process_info(self(), messages),
     Messages.
-
-deadline(Timeout) ->
-    erlang:monotonic_time(millisecond) + Timeout.
-
-remaining(Deadline) ->
-    max(0, Deadline - erlang:monotonic_time(millisecond)).
