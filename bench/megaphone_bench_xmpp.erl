@@ -340,6 +340,7 @@ idle_phase(Cfg = #{ej := Ej, mp := MPs, clk_tck := Hz}, N, Pools, R0, R2, Logged
     WarmUs = Cpu(RS1, RS2),
     Res = #{idle_secs => IdleSecs,
             idle_ej_rss_b => D(ej_rss, R0, RI) * 1024 / N,
+            idle_mp_rss_b => D(mp_rss, R0, RI) * 1024 / N,
             idle_parts_b => mem_parts(R0, RI, N),
             idle_rss_ratio => D(ej_rss, R0, RI) * 1024 / max(1, D(ej_mem, R0, RI)),
             idle_c2s_b => maps:get(mem, C2s) / max(1, maps:get(n, C2s)),
