@@ -3,7 +3,9 @@
 %%% client nodes) and bench/run-tls (megaphone_bench_tls, login only).
 %%%
 %%% Login (login/4): stream header, SASL PLAIN, stream restart, resource
-%%% binding, initial presence. bench/xmpp then waits for the presence echo
+%%% binding, initial presence. A pool with `tls => starttls' first runs
+%%% STARTTLS on each plain connection (starttls/1: TLS 1.3, X25519) and logs
+%%% in over the TLS socket. bench/xmpp then waits for the presence echo
 %%% (await_presence/2): ejabberd sends a session's initial presence back to
 %%% the session itself, so the echo proves the session is routable.
 %%%
@@ -12,7 +14,8 @@
 %%% them logging in at a time, from the source address `src_ip' (each client
 %%% node its own 127.0.0.x, so that the ephemeral ports of one address do not
 %%% run out). A pool answers call/3 requests:
-%%%   status            #{logged_in, failed, down, reasons, last_login_us}
+%%%   status            #{logged_in, failed, down, reasons, last_login_us,
+%%%                     negotiated => [{none | <<"Protocol Cipher">>, Count}]}
 %%%   ping              every live session sends an XEP-0199 ping to the
 %%%                     server and waits for the result: #{ok, failed, reasons}
 %%%   {chat, K}         each session (paired with `partners') sends K chat
@@ -54,6 +57,10 @@
                 "xmlns:stream='http://etherx.jabber.org/streams' version='1.0' xml:lang='en'>").
 -define(MSG_END, <<"</message>">>).
 -define(LOGIN_TIMEOUT, 60000).
+%% Guards on the active-mode messages of gen_tcp and ssl sockets alike.
+-define(DATA(Tag), (Tag =:= tcp orelse Tag =:= ssl)).
+-define(CLOSED(Tag), (Tag =:= tcp_closed orelse Tag =:= ssl_closed)).
+-define(ERROR(Tag), (Tag =:= tcp_error orelse Tag =:= ssl_error)).
 
 -type sock() :: {gen_tcp | ssl, term()}.
 
@@ -149,7 +156,7 @@ setopts(gen_tcp, S, Opts) -> inet:setopts(S, Opts).
 %%====================================================================
 
 %% Spec: #{port, src_ip, users => [{Ix, User, Password}], resource,
-%% concurrency, body, partners => #{Ix => PartnerIx}}. Returns the pool's pid
+%% concurrency, body, partners => #{Ix => PartnerIx}, tls => none | starttls}. Returns the pool's pid
 %% (not linked: the pool outlives the rpc that started it).
 -spec start_pool(map()) -> pid().
 start_pool(Spec) ->
@@ -173,10 +180,11 @@ call(Pool, Req, Timeout) ->
 
 -record(pool, {spec, queue = [], active = 0, sessions = #{}, monitors = #{},
                logged_in = 0, failed = 0, down = 0, reasons = [], last_login = 0,
-               ctr, flag, waiters = []}).
+               negotiated = #{}, ctr, flag, waiters = []}).
 
 pool_init(Spec = #{users := Users}) ->
     process_flag(trap_exit, true),
+    maps:get(tls, Spec, none) =:= none orelse ({ok, _} = application:ensure_all_started(ssl)),
     %% 1 delivered, 2 seq errors, 3 error stanzas.
     Ctr = counters:new(3, [write_concurrency]),
     %% 1: keep latency samples.
@@ -193,15 +201,16 @@ fill(St = #pool{spec = Spec, queue = [{Ix, User, Password} | Rest], active = A,
                 sessions = Ss, monitors = Ms, ctr = Ctr, flag = Flag}) ->
     Pool = self(),
     %% Not the whole Spec: its user list would be copied into every session.
-    SSpec = maps:with([port, src_ip, resource, body], Spec),
+    SSpec = maps:with([port, src_ip, resource, body, tls], Spec),
     {Pid, Mon} = spawn_monitor(fun() -> session(Pool, SSpec, Ix, User, Password, Ctr, Flag) end),
     fill(St#pool{queue = Rest, active = A + 1, sessions = Ss#{Ix => Pid}, monitors = Ms#{Mon => Ix}}).
 
 pool_loop(St) ->
     receive
-        {logged_in, _Ix, At} ->
+        {logged_in, _Ix, At, Neg} ->
+            Ns = maps:update_with(Neg, fun(C) -> C + 1 end, 1, St#pool.negotiated),
             pool_loop(fill(St#pool{active = St#pool.active - 1, logged_in = St#pool.logged_in + 1,
-                                   last_login = max(At, St#pool.last_login)}));
+                                   last_login = max(At, St#pool.last_login), negotiated = Ns}));
         {'DOWN', Mon, process, _, Why} ->
             #pool{monitors = Ms, sessions = Ss} = St,
             Ix = maps:get(Mon, Ms),
@@ -231,7 +240,8 @@ reply(From, Ref, Reply) ->
 pool_request(status, From, Ref, St) ->
     reply(From, Ref, #{logged_in => St#pool.logged_in, failed => St#pool.failed,
                        down => St#pool.down, reasons => St#pool.reasons,
-                       live => maps:size(St#pool.sessions), last_login_us => St#pool.last_login}),
+                       live => maps:size(St#pool.sessions), last_login_us => St#pool.last_login,
+                       negotiated => maps:to_list(St#pool.negotiated)}),
     St;
 pool_request(ping, From, Ref, St = #pool{sessions = Ss}) ->
     %% Every session pings at once; the results are collected by a helper
@@ -426,42 +436,81 @@ jid(User, Resource) -> <<User/binary, "@localhost/", Resource/binary>>.
 %% the servers, set the login rate of a 100,000-session run.
 -define(BIND_ADDRESS_NO_PORT, {raw, 0, 24, <<1:32/native>>}).
 
--record(s, {sock, pool, ctr, flag, jid, partner, msg_pad, k = 0,
+-record(s, {tr = gen_tcp, sock, pool, ctr, flag, jid, partner, msg_pad, k = 0,
             sent = 0, expect = 1, received = 0, seq_errors = 0, error_stanzas = 0,
             hist = #{}, buf = <<>>, stopping = false, partner_end = undefined,
             stop_from, probe}).
 
 session(Pool, Spec = #{port := Port, src_ip := Src, resource := Res}, Ix, User, Password, Ctr, Flag) ->
     Jid = jid(User, Res),
-    {Sock, Buf} =
+    {{T, Sock}, Buf} =
         try
             {ok, S} = check(gen_tcp:connect({127, 0, 0, 1}, Port,
                                             [binary, {active, false}, {nodelay, true}, {ip, Src},
                                              {linger, {true, 0}}, ?BIND_ADDRESS_NO_PORT], 30000),
                             connect),
-            ok = login({gen_tcp, S}, User, Password, Res),
-            B = await_presence({gen_tcp, S}, Jid, ?LOGIN_TIMEOUT),
-            {S, B}
+            TS = case maps:get(tls, Spec, none) of
+                     none -> {gen_tcp, S};
+                     starttls -> starttls(S)
+                 end,
+            ok = login(TS, User, Password, Res),
+            B = await_presence(TS, Jid, ?LOGIN_TIMEOUT),
+            {TS, B}
         catch
             throw:{xmpp, Why} -> exit({login_failed, {Ix, Why}});
             error:{badmatch, Other} -> exit({login_failed, {Ix, Other}});
             Class:Reason -> exit({login_failed, {Ix, {Class, Reason}}})
         end,
-    Pool ! {logged_in, Ix, os:system_time(microsecond)},
-    ok = inet:setopts(Sock, [{active, once}]),
+    Pool ! {logged_in, Ix, os:system_time(microsecond), negotiated({T, Sock})},
+    ok = setopts(T, Sock, [{active, once}]),
     Pad = binary:copy(<<"x">>, maps:get(body, Spec, 100)),
-    idle(#s{sock = Sock, pool = Pool, ctr = Ctr, flag = Flag, jid = Jid, msg_pad = Pad, buf = Buf}).
+    idle(#s{tr = T, sock = Sock, pool = Pool, ctr = Ctr, flag = Flag, jid = Jid, msg_pad = Pad, buf = Buf}).
+
+%% STARTTLS on a fresh plain connection (RFC 6120 5.4): stream header, the
+%% features must offer <starttls/>, <proceed/>, then the TLS handshake over the
+%% same socket. Returns the TLS socket; login/4 then opens a new stream over it.
+starttls(S) ->
+    Plain = {gen_tcp, S},
+    send(Plain, ?STREAM),
+    F = recv_until(Plain, <<"</stream:features>">>),
+    binary:match(F, <<"<starttls">>) =/= nomatch orelse throw({xmpp, {no_starttls, F}}),
+    send(Plain, "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"),
+    P = recv_until_any(Plain, [<<"<proceed">>, <<"<failure">>]),
+    binary:match(P, <<"<proceed">>) =/= nomatch orelse throw({xmpp, {starttls_refused, P}}),
+    {ok, T} = check(ssl:connect(S, tls_client_opts(), 30000), tls_handshake),
+    {ssl, T}.
+
+%% TLS 1.3 with X25519 pinned, as bench/run-tls's memory part does, so that
+%% every server does the same handshake and keeps the same kind of state. No
+%% certificate check (a benchmark against its own test CA) and no resumption
+%% (an OTP client keeps no TLS 1.3 session tickets unless asked).
+tls_client_opts() ->
+    [{verify, verify_none}, {server_name_indication, "localhost"}, {versions, ['tlsv1.3']},
+     {supported_groups, [x25519]}].
+
+%% What a session negotiated, for the report: none (plain TCP) or
+%% <<"Protocol Cipher">>.
+negotiated({gen_tcp, _}) ->
+    none;
+negotiated({ssl, S}) ->
+    case ssl:connection_information(S, [protocol, selected_cipher_suite]) of
+        {ok, Info} ->
+            #{cipher := C} = proplists:get_value(selected_cipher_suite, Info),
+            iolist_to_binary(io_lib:format("~s ~s", [proplists:get_value(protocol, Info), C]));
+        {error, _} ->
+            unknown
+    end.
 
 %% Logged in, nothing in flight: answers pings, starts chatting, closes.
-idle(St = #s{sock = S}) ->
+idle(St = #s{tr = T, sock = S}) ->
     receive
-        {tcp, S, Data} ->
-            ok = inet:setopts(S, [{active, once}]),
+        {Tag, S, Data} when ?DATA(Tag) ->
+            ok = setopts(T, S, [{active, once}]),
             idle(probe_check(St#s{buf = <<(St#s.buf)/binary, Data/binary>>}));
-        {tcp_closed, S} ->
-            exit(tcp_closed);
-        {tcp_error, S, Why} ->
-            exit({tcp_error, Why});
+        {Tag, S} when ?CLOSED(Tag) ->
+            exit(Tag);
+        {Tag, S, Why} when ?ERROR(Tag) ->
+            exit({Tag, Why});
         {probe_expect, Tag, From, Ref} ->
             idle(probe_check(St#s{probe = {Tag, From, Ref}}));
         {probe_send, To, Tag} ->
@@ -471,7 +520,7 @@ idle(St = #s{sock = S}) ->
             From ! {answer, Ref, ping(St)},
             idle(St);
         {chat, PartnerJid, K} ->
-            ok = inet:setopts(S, [{active, true}]),
+            ok = setopts(T, S, [{active, true}]),
             St1 = send_msgs(St#s{partner = PartnerJid, k = K, buf = <<>>}, K),
             %% The partner may have started first: its messages wait in Buf.
             chat_data(St1, St#s.buf);
@@ -510,15 +559,15 @@ probe_check(St = #s{probe = {Tag, From, Ref}, buf = Buf}) ->
     end.
 
 %% XEP-0199 ping to the server; the session is in {active, once}.
-ping(#s{sock = S}) ->
+ping(#s{tr = T, sock = S}) ->
     Id = integer_to_binary(erlang:unique_integer([positive])),
-    case gen_tcp:send(S, ["<iq type='get' to='localhost' id='p", Id,
-                          "'><ping xmlns='urn:xmpp:ping'/></iq>"]) of
-        ok -> await_pong(S, <<"id='p", Id/binary, "'">>, <<>>, deadline(60000));
+    case T:send(S, ["<iq type='get' to='localhost' id='p", Id,
+                    "'><ping xmlns='urn:xmpp:ping'/></iq>"]) of
+        ok -> await_pong(T, S, <<"id='p", Id/binary, "'">>, <<>>, deadline(60000));
         {error, Why} -> {error, {ping_send, Why}}
     end.
 
-await_pong(S, IdAttr, Acc, Deadline) ->
+await_pong(T, S, IdAttr, Acc, Deadline) ->
     case binary:match(Acc, IdAttr) of
         {P, _} ->
             %% The iq's start tag: back to its '<iq', on to its '>'.
@@ -534,11 +583,11 @@ await_pong(S, IdAttr, Acc, Deadline) ->
             end;
         nomatch ->
             receive
-                {tcp, S, Data} ->
-                    ok = inet:setopts(S, [{active, once}]),
-                    await_pong(S, IdAttr, <<Acc/binary, Data/binary>>, Deadline);
-                {tcp_closed, S} ->
-                    exit(tcp_closed)
+                {Tag, S, Data} when ?DATA(Tag) ->
+                    ok = setopts(T, S, [{active, once}]),
+                    await_pong(T, S, IdAttr, <<Acc/binary, Data/binary>>, Deadline);
+                {Tag, S} when ?CLOSED(Tag) ->
+                    exit(Tag)
             after remaining(Deadline) ->
                 {error, ping_timeout}
             end
@@ -546,12 +595,12 @@ await_pong(S, IdAttr, Acc, Deadline) ->
 
 chat(St = #s{sock = S}) ->
     receive
-        {tcp, S, Data} ->
+        {Tag, S, Data} when ?DATA(Tag) ->
             chat_data(St, Data);
-        {tcp_closed, S} ->
-            exit(tcp_closed);
-        {tcp_error, S, Why} ->
-            exit({tcp_error, Why});
+        {Tag, S} when ?CLOSED(Tag) ->
+            exit(Tag);
+        {Tag, S, Why} when ?ERROR(Tag) ->
+            exit({Tag, Why});
         {chat_stop, From, Ref} ->
             ssend(St, ["<message to='", St#s.partner, "' type='chat'><body>END ",
                       integer_to_binary(St#s.sent), "</body></message>"]),
@@ -577,7 +626,7 @@ maybe_done(St = #s{stopping = true, partner_end = End, stop_from = {From, Ref}})
                                 seq_errors => St#s.seq_errors + min(Missing, 1),
                                 error_stanzas => St#s.error_stanzas, unfinished => 0,
                                 hist => St#s.hist}}},
-    ok = inet:setopts(St#s.sock, [{active, once}]),
+    ok = setopts(St#s.tr, St#s.sock, [{active, once}]),
     idle(St#s{stopping = false, partner_end = undefined, stop_from = undefined, hist = #{}});
 maybe_done(St) ->
     chat(St).
@@ -652,15 +701,15 @@ send_msgs(St = #s{partner = To, sent = Sent, msg_pad = Pad}, N) ->
     ssend(St, Msgs),
     St#s{sent = Sent + N}.
 
-ssend(#s{sock = S}, Data) ->
-    case gen_tcp:send(S, Data) of
+ssend(#s{tr = T, sock = S}, Data) ->
+    case T:send(S, Data) of
         ok -> ok;
         {error, Why} -> exit({send, Why})
     end.
 
-finish(#s{sock = S}) ->
-    _ = gen_tcp:send(S, "</stream:stream>"),
-    gen_tcp:close(S),
+finish(#s{tr = T, sock = S}) ->
+    _ = T:send(S, "</stream:stream>"),
+    T:close(S),
     exit(closed).
 
 %%====================================================================

@@ -12,6 +12,7 @@
 %%%   ports     [Port]                   the XMPP port each client node connects to
 %%%   resource  binary (unique per run)  concurrency  logins in flight per pool
 %%%   clk_tck   the kernel's clock ticks per second
+%%%   tls       none | starttls: the clients run STARTTLS before they log in
 -module(megaphone_bench_xmpp).
 
 -export([prepare/1, mem_run/1, msg_run/1, scale_run/1]).
@@ -172,7 +173,8 @@ login(Cfg = #{clients := Clients, ports := Ports, resource := Res, concurrency :
                  Users = [{I, user(I), password(I)} || I <- lists:seq(A, B)],
                  Partners = maps:from_list([{I, partner(I)} || I <- lists:seq(A, B)]),
                  Spec = #{port => Port, src_ip => Ip, users => Users, partners => Partners,
-                          resource => Res, concurrency => W, body => maps:get(body, Cfg, 100)},
+                          resource => Res, concurrency => W, body => maps:get(body, Cfg, 100),
+                          tls => maps:get(tls, Cfg, none)},
                  rpc(C, megaphone_bench_load, start_pool, [Spec])
              end || {{A, B}, {C, Ip}, Port} <- lists:zip3(Shares, Clients, Ports), B >= A],
     %% 10 min, or 50 logins/s for big N.
@@ -222,6 +224,16 @@ shares(From, To, K) ->
 partner(I) when I rem 2 =:= 1 -> I + 1;
 partner(I) -> I - 1.
 
+%% What the pools' sessions negotiated: [{none | <<"Protocol Cipher">>, Count}].
+negotiated(Pools) ->
+    Counts = lists:foldl(
+               fun(P, Acc) ->
+                       #{negotiated := Ns} = megaphone_bench_load:call(P, status, 30000),
+                       lists:foldl(fun({K, C}, A) -> maps:update_with(K, fun(X) -> X + C end, C, A) end,
+                                   Acc, Ns)
+               end, #{}, Pools),
+    lists:sort(maps:to_list(Counts)).
+
 close(#{ej := Ej}, Pools) ->
     [ok = megaphone_bench_load:call(P, close, 60000) || P <- Pools],
     wait_until(fun() -> ej_sessions(Ej) =:= 0 end, 120000, "ejabberd sessions = 0 after closing").
@@ -251,6 +263,7 @@ do_mem_run(Cfg = #{ej := Ej, n := N}) ->
     {Pools, Secs} = login(Cfg, 1, N),
     LoggedIn = deadline(maps:get(idle_secs, Cfg, 0) * 1000),
     R1 = read(Cfg),
+    Negotiated = negotiated(Pools),
     {R2, Settle} = settle(Cfg, N),
     Idle = idle_phase(Cfg, N, Pools, R0, R2, LoggedIn),
     Ping = ping_all(Pools),
@@ -272,7 +285,7 @@ do_mem_run(Cfg = #{ej := Ej, n := N}) ->
             ej_us_gc => (maps:get(ej_cpu, R3) - maps:get(ej_cpu, G0)) / Hz * 1.0e6 / N,
             ej_us_login => (maps:get(ej_cpu, R1) - maps:get(ej_cpu, R0)) / Hz * 1.0e6 / N,
             mp_us_login => (maps:get(mp_cpu, R1) - maps:get(mp_cpu, R0)) / Hz * 1.0e6 / N,
-            pinged => maps:get(ok, Ping)},
+            pinged => maps:get(ok, Ping), negotiated => Negotiated},
     progress("  ~b sessions: ~.1f logins/s, ejabberd ~.1f us/login; ejabberd RSS ~.1f B/session, "
              "erlang:memory ~.1f B/session (system ~.1f, processes ~.1f; after a full GC ~.1f), "
              "Swift RSS ~.1f B/conn, Slab ~.1f B/conn",
@@ -327,6 +340,7 @@ idle_phase(Cfg = #{ej := Ej, mp := MPs, clk_tck := Hz}, N, Pools, R0, R2, Logged
     WarmUs = Cpu(RS1, RS2),
     Res = #{idle_secs => IdleSecs,
             idle_ej_rss_b => D(ej_rss, R0, RI) * 1024 / N,
+            idle_mp_rss_b => D(mp_rss, R0, RI) * 1024 / N,
             idle_parts_b => mem_parts(R0, RI, N),
             idle_rss_ratio => D(ej_rss, R0, RI) * 1024 / max(1, D(ej_mem, R0, RI)),
             idle_c2s_b => maps:get(mem, C2s) / max(1, maps:get(n, C2s)),
@@ -485,6 +499,7 @@ do_msg_run(Cfg = #{ej := Ej, pairs := P, inflight := K, secs := Secs, warmup := 
                    clk_tck := Hz}) ->
     wait_until(fun() -> ej_sessions(Ej) =:= 0 end, 120000, "ejabberd sessions = 0 before a run"),
     {Pools, LoginSecs} = login(Cfg, 1, 2 * P),
+    Negotiated = negotiated(Pools),
     [ok = megaphone_bench_load:call(Pl, {chat, K}, 30000) || Pl <- Pools],
     timer:sleep(Warm * 1000),
     [ok = megaphone_bench_load:call(Pl, {measure, true}, 30000) || Pl <- Pools],
@@ -522,7 +537,7 @@ do_msg_run(Cfg = #{ej := Ej, pairs := P, inflight := K, secs := Secs, warmup := 
             received => Sum(received), sent => Sum(sent), seq_errors => Sum(seq_errors),
             error_stanzas => Sum(error_stanzas), unfinished => Sum(failed),
             reasons => lists:sublist(lists:append([maps:get(reasons, S) || S <- Stops]), 3),
-            login_secs => LoginSecs},
+            login_secs => LoginSecs, negotiated => Negotiated},
     progress("  ~.1f msgs/s, ejabberd ~.1f us/msg, Swift ~.1f us/msg, latency p50 ~s p99 ~s us; "
              "sent ~b received ~b, sequence errors ~b, error stanzas ~b, unfinished ~b",
              [maps:get(msgs_s, Res), maps:get(ej_us, Res), maps:get(mp_us, Res),
