@@ -74,9 +74,13 @@ public final class DistributionLink {
     /// and events, which a reading peer takes at once.
     private let outputLimit: Int
 
-    private var controller: PidRef? = nil {
-        didSet { counters.controllers.store(controller == nil ? 0 : 1, ordering: .relaxed) }
+    /// Who hears of new connections: one controller per Erlang node (an ejabberd cluster attaches
+    /// every node of it). The listeners stay open while any is attached.
+    private var controllers = ControllerList() {
+        didSet { counters.controllers.store(controllers.count, ordering: .relaxed) }
     }
+    /// Open announced connections by owning node (shared with the reactors).
+    private let sessions: SessionCounts
     private var options = StartOptions()
     private var listeners = ListenerSet()
     private var shutdown: Shutdown? = nil
@@ -96,6 +100,7 @@ public final class DistributionLink {
         self.inline = inline
         output = context.output
         counters = context.counters
+        sessions = context.sessions
         logger = context.logger
         netTicktimeMillis = Int64(netTicktimeSeconds) * 1000
         outputLimit = toErlang.limit + 64 << 20
@@ -248,13 +253,37 @@ public final class DistributionLink {
         toErlang.taken(peer.held.reduce(0) { $0 + $1.bytes })
         _ = ei_close_connection(fd)
         logger.info("Erlang node disconnected", metadata: ["peer": "\(peer.name)", "reason": "\(reason)"])
+        // The smaller controller set reaches the reactors before the node-down: whatever they
+        // announced to this node until then is closed by it, and nothing is announced to it after.
+        let wasController = shutdown == nil && detachController(node: peer.node)
         for reactor in reactors { reactor.commands.post(.nodeDown(node: peer.node)) }
-        if controller?.node == peer.node && shutdown == nil {
-            // Nobody is left to hand new clients to: stop accepting until the next start.
-            closeListeners()
-            controller = nil
-            logger.info("Controller node is gone: listeners closed until the next start", metadata: ["peer": "\(peer.name)"])
+        if wasController {
+            if controllers.isEmpty {
+                logger.info("Controller node is gone: listeners closed until the next start", metadata: ["peer": "\(peer.name)"])
+            } else {
+                logger.info("Controller node is gone: its connections closed, the other controllers keep the listeners",
+                            metadata: ["peer": "\(peer.name)", "controllers": "\(controllers.count)"])
+            }
         }
+    }
+
+    /// Takes `node`'s controller off the list and gives the reactors the set without it; closes the
+    /// listeners when it was the last. The caller closes that node's connections (`.nodeDown` or
+    /// `.release`, posted after this so that the reactors see the new set first). False when `node`
+    /// had no controller.
+    private func detachController(node: UInt16) -> Bool {
+        guard controllers.detach(node: node) != nil else { return false }
+        if var config = reactorConfig {
+            config.controllers = controllerSet(balance: options.balance)
+            reactorConfig = config
+            for reactor in reactors { reactor.commands.post(.configure(config)) }
+        }
+        if controllers.isEmpty { closeListeners() }
+        return true
+    }
+
+    private func controllerSet(balance: Balance) -> ControllerSet {
+        ControllerSet(controllers: controllers.pids, balance: balance, sessions: sessions)
     }
 
     /// Drops every peer from which nothing at all has arrived for net_ticktime, as Erlang does: a live
@@ -437,7 +466,13 @@ public final class DistributionLink {
         case .shaper(let id, let rate):
             post(.shaper(connID: id, rate: rate.map { ($0.bytesPerSecond, $0.burst) }), for: id)
         case .shutdown(let from, let ref):
-            beginShutdown(waiter: (from, ref))
+            if controllers.contains(node: from.node) && controllers.hasOthers(than: from.node) {
+                // One controller of several leaves; the node serves the others.
+                leave(node: from.node)
+                sendStats(to: from, tag: "megaphone_stopped", ref: ref)
+            } else {
+                beginShutdown(waiter: (from, ref))
+            }
         case .shutdownQuietly:
             beginShutdown(waiter: nil)
         case .stats(let from, let ref):
@@ -462,8 +497,28 @@ public final class DistributionLink {
 
     /// `start`: opens the listeners asked for and keeps those already open; any failure leaves the
     /// previous configuration in place.
+    ///
+    /// With controllers of other nodes attached the configuration is theirs too: a `start` must ask
+    /// for the same (`StartOptions.disagreements`) or is refused with `{config_mismatch, Names}`, and
+    /// one with no listeners is its controller leaving (what mod_megaphone sends when the module
+    /// stops). Alone, a controller reconfigures the node as it likes.
     private func start(from: PidRef, ref: [UInt8], options: StartOptions) {
         guard shutdown == nil else { return send(to: from, .requestError(tag: .ref(ref), reason: .shuttingDown)) }
+        let controller = options.controller ?? from
+        let shared = controllers.hasOthers(than: controller.node)
+        if shared && options.listeners.isEmpty {
+            leave(node: controller.node)
+            return replyStarted(to: from, ref: ref, controller: controller)
+        }
+        if shared {
+            let differing = options.disagreements(with: self.options)
+            guard differing.isEmpty else {
+                logger.warning("Refused a start that asks for another configuration than the attached controllers'",
+                               metadata: ["controller.node": "\(names.name(of: controller.node) ?? "?")",
+                                          "options": "\(differing)"])
+                return send(to: from, .requestError(tag: .ref(ref), reason: .configMismatch(differing)))
+            }
+        }
         // The certificate is (re)loaded on every start: a repeated start is how an operator renews it.
         var tls: TLSContext? = nil
         if let certfile = options.certfile {
@@ -479,27 +534,41 @@ public final class DistributionLink {
         } else if options.listeners.contains(where: { $0.transport != .tcp }) {
             return send(to: from, .requestError(tag: .ref(ref), reason: .badopt("certfile")))
         }
-        let change: ListenerSet.Change
+        var change = ListenerSet.Change(added: [], removed: [])
         do {
-            change = try listeners.replace(with: options.listeners)
+            // Shared: the same listeners, already open (port-0 ones stay on the ports they got).
+            if !shared { change = try listeners.replace(with: options.listeners) }
         } catch {
             logger.warning("Cannot listen", metadata: ["listener": "\(error.spec)", "error": "\(error.error)"])
             return send(to: from, .requestError(tag: .ref(ref), reason: .listenFailed(error.spec, errno: error.error.erlangName)))
         }
-        let controller = options.controller ?? from
-        let config = ReactorConfig(controller: controller, options: options, tls: tls)
+        controllers.attach(controller)
+        let config = ReactorConfig(controllers: controllerSet(balance: options.balance), options: options, tls: tls)
         for reactor in reactors {
             reactor.commands.post(.configure(config))
             for listener in change.removed { reactor.commands.post(.removeListener(listener)) }
             for listener in change.added { reactor.commands.post(.addListener(listener)) }
         }
         self.options = options
-        self.controller = controller
         reactorConfig = config
+        logger.info("Started", metadata: ["listeners": "\(listeners.bound(options.listeners).map(\.description))",
+                                          "controller.node": "\(names.name(of: controller.node) ?? "?")",
+                                          "controllers": "\(controllers.count)"])
+        replyStarted(to: from, ref: ref, controller: controller)
+    }
+
+    /// One controller of several leaves while its node stays up: new connections go to the others,
+    /// and the connections its node owns are flushed and closed, their owners told `tcp_closed`.
+    private func leave(node: UInt16) {
+        guard detachController(node: node) else { return }
+        for reactor in reactors { reactor.commands.post(.release(node: node)) }
+        logger.info("Controller left: its connections closed, the other controllers keep the listeners",
+                    metadata: ["controller.node": "\(names.name(of: node) ?? "?")", "controllers": "\(controllers.count)"])
+    }
+
+    private func replyStarted(to from: PidRef, ref: [UInt8], controller: PidRef) {
         let info = StartInfo(node: node.nodeName, listeners: listeners.bound(options.listeners), options: options,
                              controller: controller, controllerNode: names.name(of: controller.node))
-        logger.info("Started", metadata: ["listeners": "\(info.listeners.map(\.description))",
-                                          "controller.node": "\(info.controllerNode ?? "?")"])
         send(to: from) { e in
             e.tuple(3)
             e.atom("megaphone_started")
@@ -526,7 +595,9 @@ public final class DistributionLink {
                 ("request_queue_peak", toClients.peakBytes),
                 ("request_reads_paused", toClients.pausedReadCount),
             ],
-            closed: CloseReason.allCases.map { ($0.name, counters.closedCount($0)) })
+            closed: CloseReason.allCases.map { ($0.name, counters.closedCount($0)) },
+            controllerNodes: zip(controllers.pids.map { names.name(of: $0.node) ?? "" },
+                                 sessions.counts(of: controllers.pids.map(\.node))).map { ($0, $1) })
         send(to: pid) { e in
             e.tuple(3)
             e.atom(tag)

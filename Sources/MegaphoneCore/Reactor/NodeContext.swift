@@ -14,11 +14,15 @@ public struct NodeContext: Sendable {
     public let toErlang: ByteBudget
     /// put_data and send_data bytes on their way to the reactors.
     public let toClients: ByteBudget
+    /// Open announced connections by the node that owns them (`SessionCounts`).
+    public let sessions: SessionCounts
     public let logger: Logger
 
     public init(output: Mailbox<ReactorOutput>, counters: Counters, handshakes: HandshakeLimiter = HandshakeLimiter(),
                 addresses: AddressLimiter = AddressLimiter(), toErlang: ByteBudget = ByteBudget(limit: 64 << 20),
-                toClients: ByteBudget = ByteBudget(limit: 64 << 20), logger: Logger) {
+                toClients: ByteBudget = ByteBudget(limit: 64 << 20), sessions: SessionCounts = SessionCounts(),
+                logger: Logger) {
+        self.sessions = sessions
         self.output = output
         self.counters = counters
         self.handshakes = handshakes

@@ -15,7 +15,7 @@ extension Reactor {
         }
         guard !table[fd].flags.contains(.closing) else { return }
         if !announced.isEmpty { announced[connID] = nil }
-        table[fd].owner = owner
+        claim(fd, by: owner)
         if case .parsed(let input) = table[fd].framing, let config {
             // The session's first get_data (xmpp_socket activates the socket once, at accept)
             // opens the window; `credit` keeps it open.
