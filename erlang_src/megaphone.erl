@@ -219,16 +219,23 @@ shutdown(Node) ->
 %% every connection (each owner gets `{tcp_closed, ConnId}'), replies with
 %% its final counters and exits. Returns once the link to the node has
 %% dropped, or `Timeout' after the call at the latest.
+%%
+%% When the caller's node is one controller of several (an ejabberd cluster),
+%% only that controller leaves: the connections its node owns are closed
+%% (owners told), the node keeps serving the others, and the result is
+%% `{detached, Stats}' at once.
 -spec shutdown(node(), timeout()) ->
-          {ok, stats()} | {error, nodedown | timeout | term()}.
+          {ok, stats()} | {detached, stats()} | {error, nodedown | timeout | term()}.
 shutdown(Node, Timeout) ->
     Deadline = deadline(Timeout),
     with_node_monitor(
       Node,
       fun() ->
-              case request(Node, fun(Ref) -> {shutdown, self(), Ref} end,
-                           megaphone_stopped, Timeout) of
-                  {ok, Stats} ->
+              Ref = make_ref(),
+              erlang:send({?NAME, Node}, {shutdown, self(), Ref}),
+              receive
+                  {megaphone_detached, Ref, Stats} -> {detached, Stats};
+                  {megaphone_stopped, Ref, Stats} ->
                       %% The node exits right after its reply: wait for the
                       %% link to drop, so that on return the node is gone.
                       receive
@@ -237,8 +244,12 @@ shutdown(Node, Timeout) ->
                               ok
                       end,
                       {ok, Stats};
-                  Error ->
-                      Error
+                  {megaphone_error, Ref, Reason} ->
+                      {error, Reason};
+                  {nodedown, Node} ->
+                      {error, nodedown}
+              after Timeout ->
+                      {error, timeout}
               end
       end).
 

@@ -467,9 +467,9 @@ public final class DistributionLink {
             post(.shaper(connID: id, rate: rate.map { ($0.bytesPerSecond, $0.burst) }), for: id)
         case .shutdown(let from, let ref):
             if controllers.contains(node: from.node) && controllers.hasOthers(than: from.node) {
-                // One controller of several leaves; the node serves the others.
+                // One controller of several leaves; the node serves the others and says so.
                 leave(node: from.node)
-                sendStats(to: from, tag: "megaphone_stopped", ref: ref)
+                sendStats(to: from, tag: "megaphone_detached", ref: ref)
             } else {
                 beginShutdown(waiter: (from, ref))
             }
