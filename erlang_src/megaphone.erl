@@ -110,7 +110,8 @@
              | {parser, ejabberd | megaphone}
              | {max_stanza_size, pos_integer() | infinity}
              | {window, pos_integer()}
-             | {hibernate_after, pos_integer() | infinity}.
+             | {hibernate_after, pos_integer() | infinity}
+             | {balance, round_robin | least_sessions}.
 %% <ul>
 %% <li>`listen': the listeners to open;</li>
 %% <li>`certfile': PEM certificate chain and key, for `starttls' and `tls';</li>
@@ -137,7 +138,17 @@
 %% <li>`input_buffer_limit': bytes held for one client before `get_data'
 %%     takes them (`put_data' past it is refused);</li>
 %% <li>`controller': who gets `megaphone_connect' (default: the caller of
-%%     `start');</li>
+%%     `start'). The node keeps one controller per Erlang node: a `start'
+%%     from another node (another ejabberd node of a cluster) adds one, and
+%%     must then ask for the same options as those already attached (all but
+%%     `controller'), or it gets `{error, {config_mismatch, Names}}' and
+%%     nothing changes; a `start' again from the same node replaces its
+%%     controller; a `start' with no listeners from one controller of several
+%%     detaches it (its connections close, the listeners stay for the
+%%     others);</li>
+%% <li>`balance': which controller hears of a new connection when several
+%%     are attached: `least_sessions' (default: the one whose node owns the
+%%     fewest open connections, ties in turn) or `round_robin' (in turn);</li>
 %% <li>`parser': `ejabberd' (default) hands the owner raw bytes, for
 %%     ejabberd's own parser; `megaphone' has the node parse the client's
 %%     stream and send the owner `{'$gen_event', Event}' messages;</li>
