@@ -118,7 +118,21 @@ least_sessions_and_leave(#{node := Node, cookie := Cookie}) ->
                        controller_nodes := #{A := #{connections := 4}}}, Stats),
         ?assertEqual([A], maps:keys(maps:get(controller_nodes, Stats))),
         {_, Next, _} = connect(Port),
-        ?assertEqual(A, Next)
+        ?assertEqual(A, Next),
+
+        %% B comes back (A holds 5, so B takes the next one), then leaves
+        %% the way mod_megaphone does when the module stops: a start with
+        %% no listeners. Only B's connection closes; the listener stays.
+        {ok, _} = start(PeerB, Node, RelayB, Opts),
+        {Back, B, BackId} = connect(Port),
+        ?assertMatch({ok, #{listeners := [{tcp, _, Port}]}},
+                     start(PeerB, Node, RelayB, [{listen, []} | tl(Opts)])),
+        ?assertEqual({tcp_closed, BackId}, relayed_closed(B, BackId)),
+        ?assertMatch({_, closed}, megaphone_test_client:read_until_closed(Back, megaphone_test_client:deadline(?WAIT))),
+        ?assertMatch(#{controllers := 1, connections := 5, controller_nodes := #{A := #{connections := 5}}},
+                     stats(Node)),
+        {_, Last, _} = connect(Port),
+        ?assertEqual(A, Last)
     after
         catch peer:stop(PeerA),
         catch peer:stop(PeerB)
