@@ -17,6 +17,8 @@
 
 -define(LOCALHOST, {127, 0, 0, 1}).
 -define(WAIT, 5000).
+%% Connections per controller in the frozen-controller test.
+-define(FROZEN_CLIENTS, 200).
 
 cluster_test_() ->
     {foreach,
@@ -28,6 +30,16 @@ cluster_test_() ->
       megaphone_test_node:instance("least_sessions fills the emptier node; "
                                    "a controller's shutdown detaches only it",
                                    fun least_sessions_and_leave/1, 90)]}.
+
+%% A frozen controller node must not hold the clients of the other: the
+%% node's client-bytes budget (`--dist-queue-limit', 1 MiB here) is shared,
+%% and a SIGSTOPped node takes nothing until net_ticktime (60 s) drops it.
+frozen_controller_test_() ->
+    {foreach,
+     fun() -> megaphone_test_node:start(["--dist-queue-limit", integer_to_list(1 bsl 20)]) end,
+     fun megaphone_test_node:cleanup/1,
+     [megaphone_test_node:instance("a frozen controller node holds back only its own clients",
+                                   fun frozen_controller/1, 90)]}.
 
 %%====================================================================
 %% Tests
@@ -138,6 +150,49 @@ least_sessions_and_leave(#{node := Node, cookie := Cookie}) ->
         catch peer:stop(PeerB)
     end.
 
+frozen_controller(#{node := Node, cookie := Cookie}) ->
+    {A, PeerA, RelayA} = controller_node(Node, Cookie),
+    {B, PeerB, RelayB} = controller_node(Node, Cookie),
+    OsPidA = peer:call(PeerA, os, getpid, []),
+    try
+        Opts = [{listen, [{tcp, ?LOCALHOST, 0}]}, {balance, round_robin}, {announce_timeout, infinity}],
+        {ok, #{listeners := [{tcp, _, Port}]}} = start(PeerA, Node, RelayA, Opts),
+        {ok, _} = start(PeerB, Node, RelayB, Opts),
+        %% Enough connections of A, each armed for one 64 KiB chunk, to fill
+        %% the kernel buffers towards A and then the shared budget many times.
+        Clients = [connect(Port) || _ <- lists:seq(1, 2 * ?FROZEN_CLIENTS)],
+        [ok = get_data(PeerA, Node, RelayA, Id) || {_, Owner, Id} <- Clients, Owner == A],
+        [ok = get_data(PeerB, Node, RelayB, Id) || {_, Owner, Id} <- Clients, Owner == B],
+        %% Every get_data has reached the node before A freezes (one
+        %% connection from A, in order).
+        {ok, _} = peer:call(PeerA, megaphone, stats, [Node], ?WAIT),
+        kill("-STOP", OsPidA),
+        try
+            Chunk = binary:copy(<<"x">>, 65536),
+            [ok = gen_tcp:send(C, Chunk) || {C, Owner, _} <- Clients, Owner == A],
+            %% The node notices that A takes nothing.
+            megaphone_test_client:poll(fun() -> maps:get(nodes_behind, stats(Node)) == 1 end, 20000),
+            %% B's clients are read and relayed all the same, long before
+            %% net_ticktime would drop A.
+            [begin
+                 ok = gen_tcp:send(C, <<"ping">>),
+                 ?assertEqual({tcp, Id, <<"ping">>}, relayed_data(B, Id))
+             end || {C, Owner, Id} <- Clients, Owner == B],
+            ?assertMatch(#{controllers := 2}, stats(Node))
+        after
+            kill("-CONT", OsPidA)
+        end,
+        %% A catches up once it runs again.
+        megaphone_test_client:poll(fun() -> maps:get(nodes_behind, stats(Node)) == 0 end, 20000)
+    after
+        catch peer:stop(PeerA),
+        catch peer:stop(PeerB)
+    end.
+
+kill(Signal, OsPid) ->
+    "" = os:cmd("kill " ++ Signal ++ " " ++ OsPid),
+    ok.
+
 %%====================================================================
 %% Peers and relays
 %%====================================================================
@@ -159,8 +214,15 @@ controller_node(Node, Cookie) ->
 spawn_relay(To) ->
     spawn(fun() -> relay(To) end).
 
+%% Like a session, it asks for the next chunk as soon as one arrives.
 relay(To) ->
-    receive Msg -> To ! {relay, node(), Msg} end,
+    receive
+        {tcp, ConnId, _} = Msg ->
+            {megaphone, node(ConnId)} ! {get_data, self(), ConnId},
+            To ! {relay, node(), Msg};
+        Msg ->
+            To ! {relay, node(), Msg}
+    end,
     relay(To).
 
 start(Peer, Node, Relay, Opts) ->

@@ -35,6 +35,14 @@ public final class DistributionLink {
         /// (`CEI_output_written`) at which they end: they leave `toErlang` once the kernel took them,
         /// so that a slow peer pushes back on the clients instead of its output growing.
         var held: [(end: UInt64, bytes: Int)] = []
+        /// The sum of `held`.
+        var heldBytes = 0
+        /// The part of `heldBytes` (always the oldest entries of `held`) already taken off `toErlang`:
+        /// a node marked behind no longer counts in the shared budget, so that its bytes cannot
+        /// pause the clients of the others. Its own clients are held back by the mark instead.
+        var offBudget = 0
+        /// Marked behind in `backlog`: its connections are not read until it catches up.
+        var behind = false
     }
 
     private struct Shutdown {
@@ -81,6 +89,8 @@ public final class DistributionLink {
     }
     /// Open announced connections by owning node (shared with the reactors).
     private let sessions: SessionCounts
+    /// Nodes whose connections the reactors leave unread while they are behind (`NodeBacklog`).
+    private let backlog: NodeBacklog
     private var options = StartOptions()
     private var listeners = ListenerSet()
     private var shutdown: Shutdown? = nil
@@ -101,6 +111,7 @@ public final class DistributionLink {
         output = context.output
         counters = context.counters
         sessions = context.sessions
+        backlog = context.backlog
         logger = context.logger
         netTicktimeMillis = Int64(netTicktimeSeconds) * 1000
         outputLimit = toErlang.limit + 64 << 20
@@ -250,7 +261,8 @@ public final class DistributionLink {
         guard let i = peers.firstIndex(where: { $0.fd == fd }) else { return }
         let peer = peers.remove(at: i)
         // Its client bytes were dropped with it.
-        toErlang.taken(peer.held.reduce(0) { $0 + $1.bytes })
+        toErlang.taken(peer.heldBytes - peer.offBudget)
+        if peer.behind { backlog.set(peer.node, behind: false) }
         _ = ei_close_connection(fd)
         logger.info("Erlang node disconnected", metadata: ["peer": "\(peer.name)", "reason": "\(reason)"])
         // The smaller controller set reaches the reactors before the node-down: whatever they
@@ -374,9 +386,43 @@ public final class DistributionLink {
                 dropPeer(fd: peer.fd, reason: "output_limit")
             }
         }
-        if toErlang.shouldResume() {
+        let caughtUp = updateBacklog()
+        if toErlang.shouldResume() || caughtUp {
             for reactor in reactors { reactor.commands.post(.resumeReads) }
         }
+    }
+
+    /// Client bytes one peer may have waiting in user space, while several controllers share the
+    /// node, before the connections its node owns stop being read: a quarter of
+    /// `--dist-queue-limit`, so that a frozen ejabberd node cannot take the whole budget from the
+    /// others before net_ticktime drops it. Once marked, its bytes leave the shared budget (they
+    /// stay bounded: its connections are not read, so at most what was read before the reactors
+    /// saw the mark, itself bounded by the budget, is added), and the others' clients are read.
+    private var peerHeldLimit: Int { Swift.max(toErlang.limit / 4, 1) }
+
+    /// Marks peers behind (or caught up, at half the limit) in `backlog`. With one controller there is
+    /// nobody to be fair to: the shared budget alone holds the clients back, as before. Returns true
+    /// when a peer caught up, so that the reactors read what they left.
+    private func updateBacklog() -> Bool {
+        let shared = controllers.count > 1
+        var caughtUp = false
+        for i in peers.indices {
+            let held = peers[i].heldBytes
+            if !peers[i].behind && shared && held > peerHeldLimit {
+                peers[i].behind = true
+                backlog.set(peers[i].node, behind: true)
+                toErlang.taken(held - peers[i].offBudget)
+                peers[i].offBudget = held
+                logger.warning("An Erlang node is behind on client bytes: its connections wait until it catches up",
+                               metadata: ["peer": "\(peers[i].name)", "held.bytes": "\(held)"])
+            } else if peers[i].behind && (!shared || held <= peerHeldLimit / 2) {
+                peers[i].behind = false
+                backlog.set(peers[i].node, behind: false)
+                caughtUp = true
+                logger.info("An Erlang node caught up on client bytes", metadata: ["peer": "\(peers[i].name)"])
+            }
+        }
+        return caughtUp
     }
 
     /// Takes off `toErlang` the client bytes the kernel has taken for `fd`.
@@ -385,7 +431,11 @@ public final class DistributionLink {
         let sent = CEI_output_sent(fd)
         let done = peers[i].held.prefix { $0.end <= sent }
         guard !done.isEmpty else { return }
-        toErlang.taken(done.reduce(0) { $0 + $1.bytes })
+        let bytes = done.reduce(0) { $0 + $1.bytes }
+        let off = Swift.min(bytes, peers[i].offBudget)
+        peers[i].offBudget -= off
+        toErlang.taken(bytes - off)
+        peers[i].heldBytes -= bytes
         peers[i].held.removeFirst(done.count)
     }
 
@@ -594,6 +644,7 @@ public final class DistributionLink {
                 ("request_queue_bytes", toClients.queuedBytes),
                 ("request_queue_peak", toClients.peakBytes),
                 ("request_reads_paused", toClients.pausedReadCount),
+                ("nodes_behind", backlog.count),
             ],
             closed: CloseReason.allCases.map { ($0.name, counters.closedCount($0)) },
             controllerNodes: zip(controllers.pids.map { names.name(of: $0.node) ?? "" },
@@ -700,6 +751,12 @@ public final class DistributionLink {
             toErlang.taken(bytes)
         } else {
             peers[i].held.append((end: end, bytes: bytes))
+            peers[i].heldBytes += bytes
+            if peers[i].behind {
+                // Read before the reactors saw the mark: off the shared budget too.
+                toErlang.taken(bytes)
+                peers[i].offBudget += bytes
+            }
         }
     }
 }

@@ -37,6 +37,7 @@ public final class Reactor: @unchecked Sendable {
     let limiter: HandshakeLimiter
     let addresses: AddressLimiter
     let sessions: SessionCounts
+    let backlog: NodeBacklog
     let logger: Logger
 
     let epfd: CInt
@@ -98,6 +99,7 @@ public final class Reactor: @unchecked Sendable {
         limiter = context.handshakes
         addresses = context.addresses
         sessions = context.sessions
+        backlog = context.backlog
         var logger = context.logger
         logger[metadataKey: "reactor"] = "\(index)"
         self.logger = logger
