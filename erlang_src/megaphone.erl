@@ -110,7 +110,8 @@
              | {parser, ejabberd | megaphone}
              | {max_stanza_size, pos_integer() | infinity}
              | {window, pos_integer()}
-             | {hibernate_after, pos_integer() | infinity}.
+             | {hibernate_after, pos_integer() | infinity}
+             | {balance, round_robin | least_sessions}.
 %% <ul>
 %% <li>`listen': the listeners to open;</li>
 %% <li>`certfile': PEM certificate chain and key, for `starttls' and `tls';</li>
@@ -137,7 +138,17 @@
 %% <li>`input_buffer_limit': bytes held for one client before `get_data'
 %%     takes them (`put_data' past it is refused);</li>
 %% <li>`controller': who gets `megaphone_connect' (default: the caller of
-%%     `start');</li>
+%%     `start'). The node keeps one controller per Erlang node: a `start'
+%%     from another node (another ejabberd node of a cluster) adds one, and
+%%     must then ask for the same options as those already attached (all but
+%%     `controller'), or it gets `{error, {config_mismatch, Names}}' and
+%%     nothing changes; a `start' again from the same node replaces its
+%%     controller; a `start' with no listeners from one controller of several
+%%     detaches it (its connections close, the listeners stay for the
+%%     others);</li>
+%% <li>`balance': which controller hears of a new connection when several
+%%     are attached: `least_sessions' (default: the one whose node owns the
+%%     fewest open connections, ties in turn) or `round_robin' (in turn);</li>
 %% <li>`parser': `ejabberd' (default) hands the owner raw bytes, for
 %%     ejabberd's own parser; `megaphone' has the node parse the client's
 %%     stream and send the owner `{'$gen_event', Event}' messages;</li>
@@ -219,16 +230,23 @@ shutdown(Node) ->
 %% every connection (each owner gets `{tcp_closed, ConnId}'), replies with
 %% its final counters and exits. Returns once the link to the node has
 %% dropped, or `Timeout' after the call at the latest.
+%%
+%% When the caller's node is one controller of several (an ejabberd cluster),
+%% only that controller leaves: the connections its node owns are closed
+%% (owners told), the node keeps serving the others, and the result is
+%% `{detached, Stats}' at once.
 -spec shutdown(node(), timeout()) ->
-          {ok, stats()} | {error, nodedown | timeout | term()}.
+          {ok, stats()} | {detached, stats()} | {error, nodedown | timeout | term()}.
 shutdown(Node, Timeout) ->
     Deadline = deadline(Timeout),
     with_node_monitor(
       Node,
       fun() ->
-              case request(Node, fun(Ref) -> {shutdown, self(), Ref} end,
-                           megaphone_stopped, Timeout) of
-                  {ok, Stats} ->
+              Ref = make_ref(),
+              erlang:send({?NAME, Node}, {shutdown, self(), Ref}),
+              receive
+                  {megaphone_detached, Ref, Stats} -> {detached, Stats};
+                  {megaphone_stopped, Ref, Stats} ->
                       %% The node exits right after its reply: wait for the
                       %% link to drop, so that on return the node is gone.
                       receive
@@ -237,8 +255,12 @@ shutdown(Node, Timeout) ->
                               ok
                       end,
                       {ok, Stats};
-                  Error ->
-                      Error
+                  {megaphone_error, Ref, Reason} ->
+                      {error, Reason};
+                  {nodedown, Node} ->
+                      {error, nodedown}
+              after Timeout ->
+                      {error, timeout}
               end
       end).
 

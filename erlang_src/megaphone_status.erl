@@ -32,7 +32,8 @@
                        bytes_in := non_neg_integer() | undefined,
                        bytes_out := non_neg_integer() | undefined,
                        refused := non_neg_integer() | undefined,
-                       closed := #{atom() => non_neg_integer()}}.
+                       closed := #{atom() => non_neg_integer()},
+                       per_node := #{node() => non_neg_integer()}}.
 
 %% The node's `closed' reasons that are refusals or limits, summed as
 %% `refused'.
@@ -45,7 +46,9 @@
 %%====================================================================
 
 %% Each configured Megaphone node with its state and, once started, its
-%% counters. `refused' sums the node's refusals and limit closes (the
+%% counters. `per_node' is the node's open connections by the ejabberd node
+%% that owns them (every node of a cluster attaches it; one entry per
+%% attached ejabberd node). `refused' sums the node's refusals and limit closes (the
 %% `closed' reasons in ?REFUSALS); `closed' is the node's whole map. Empty
 %% when mod_megaphone is not running.
 -spec status() -> [node_info()].
@@ -64,7 +67,8 @@ status() ->
            bytes_in => maps:get(bytes_in, Stats, undefined),
            bytes_out => maps:get(bytes_out, Stats, undefined),
            refused => refused(Stats),
-           closed => maps:get(closed, Stats, #{})}
+           closed => maps:get(closed, Stats, #{}),
+           per_node => per_node(Stats)}
      end || {Name, Status, Sessions} <- configured_nodes()].
 
 %% The sessions each configured Megaphone node carries on this ejabberd node
@@ -85,17 +89,22 @@ commands() ->
                    "the node's own count of open connections and bytes in and out, "
                    "and the connections its limits refused or closed (max_connections, "
                    "max_connections_per_ip, connection_rate_per_ip, stream_header_timeout, "
-                   "send_queue_full, TLS handshake limits), in total and by limit.",
+                   "send_queue_full, TLS handshake limits), in total and by limit, and "
+                   "the node's open connections per attached ejabberd node (a cluster's "
+                   "nodes share each Megaphone node).",
         module = ?MODULE, function = megaphone_status,
         args = [],
         result_desc = "Node, state, sessions, connections, bytes in, bytes out, "
-                      "refused (connections refused or closed by a limit), and which limits",
+                      "refused (connections refused or closed by a limit), which limits, "
+                      "and connections per ejabberd node",
         result_example = [{<<"megaphone@localhost">>, started, 2, 2, 1024, 4096, 3,
-                           <<"max_connections_per_ip=2 stream_header_timeout=1">>}],
+                           <<"max_connections_per_ip=2 stream_header_timeout=1">>,
+                           <<"ejabberd@a=2 ejabberd@b=1">>}],
         result = {nodes, {list, {node, {tuple, [{name, string}, {state, atom},
                                                {sessions, integer}, {connections, integer},
                                                {bytes_in, integer}, {bytes_out, integer},
-                                               {refused, integer}, {refusals, string}]}}}}},
+                                               {refused, integer}, {refusals, string},
+                                               {per_node, string}]}}}}},
      #ejabberd_commands{
         name = megaphone_sessions, tags = [server, statistics],
         desc = "Sessions one Megaphone node carries on this node",
@@ -117,13 +126,14 @@ commands() ->
 %% `ejabberdctl megaphone_status': one line per node. The last column names
 %% each non-zero refusal count, e.g. `max_connections_per_ip=3 send_queue_full=1'.
 -spec megaphone_status() -> [{binary(), atom(), integer(), integer(), integer(), integer(),
-                              integer(), binary()}].
+                              integer(), binary(), binary()}].
 megaphone_status() ->
     [{atom_to_binary(Node, utf8), Status, Sessions, undefined_to_zero(Conns),
       undefined_to_zero(In), undefined_to_zero(Out), undefined_to_zero(Refused),
-      refusal_text(Closed)}
+      refusal_text(Closed), per_node_text(PerNode)}
      || #{node := Node, status := Status, sessions := Sessions, connections := Conns,
-          bytes_in := In, bytes_out := Out, refused := Refused, closed := Closed} <- status()].
+          bytes_in := In, bytes_out := Out, refused := Refused, closed := Closed,
+          per_node := PerNode} <- status()].
 
 %% `ejabberdctl megaphone_sessions NODE'.
 -spec megaphone_sessions(binary()) -> non_neg_integer().
@@ -153,6 +163,17 @@ refusal_text(Closed) ->
     iolist_to_binary(
       lists:join(" ", [io_lib:format("~ts=~b", [R, N])
                        || R <- ?REFUSALS, (N = maps:get(R, Closed, 0)) > 0])).
+
+%% `controller_nodes => #{EjabberdNode => #{connections => N}}' of the
+%% node's stats, as `#{EjabberdNode => N}'.
+per_node(#{controller_nodes := PerNode}) ->
+    maps:map(fun(_, #{connections := N}) -> N end, PerNode);
+per_node(_) ->
+    #{}.
+
+per_node_text(PerNode) ->
+    iolist_to_binary(
+      lists:join(" ", [io_lib:format("~ts=~b", [Node, N]) || {Node, N} <- lists:sort(maps:to_list(PerNode))])).
 
 undefined_to_zero(undefined) -> 0;
 undefined_to_zero(N) -> N.

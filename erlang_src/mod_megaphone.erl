@@ -188,7 +188,9 @@ mod_opt_type(max_handshakes_per_ip) ->
 mod_opt_type(parser) ->
     econf:enum([megaphone, ejabberd]);
 mod_opt_type(hibernate_after) ->
-    econf:timeout(second, infinity).
+    econf:timeout(second, infinity);
+mod_opt_type(balance) ->
+    econf:enum([least_sessions, round_robin]).
 
 mod_options(_Host) ->
     [{nodes, #{}},
@@ -208,7 +210,8 @@ mod_options(_Host) ->
      {handshake_timeout, undefined},
      {max_handshakes_per_ip, undefined},
      {parser, megaphone},
-     {hibernate_after, timer:seconds(10)}].
+     {hibernate_after, timer:seconds(10)},
+     {balance, least_sessions}].
 
 mod_doc() ->
     #{desc =>
@@ -285,6 +288,17 @@ mod_doc() ->
                        "session, which then hibernates between this and twice this "
                        "after its last byte. 'infinity' turns it off. The default is "
                        "10 seconds."]}},
+           {balance,
+            #{value => "least_sessions | round_robin",
+              desc => ["In a cluster every ejabberd node attaches the same Megaphone "
+                       "nodes, and each new client goes to one of them: "
+                       "'least_sessions' to the ejabberd node that holds the fewest of "
+                       "that Megaphone node's clients (ties in turn), 'round_robin' to "
+                       "each in turn. Every node of the cluster must set the same value "
+                       "(as for every other option the Megaphone node gets): a node "
+                       "that asks for another configuration is refused and logs why. "
+                       "The default is 'least_sessions': an ejabberd node that "
+                       "restarted gets the new logins until it holds its share."]}},
            {max_fsm_queue,
             #{value => "Size",
               desc => ["As the c2s listener option; by default the global one."]}},
@@ -535,7 +549,8 @@ send_start(Node, #state{nodes = Nodes} = State) ->
         {ok, #mp_node{listeners = Listeners, max_connections = Max, limits = Limits} = MP} ->
             Opts = [{listen, Listeners}, {max_connections, Max}, {controller, self()}
                     | Limits ++ tls_options(State#state.opts) ++ parser_options(State#state.opts)
-                    ++ [{hibernate_after, mod_megaphone_opt:hibernate_after(State#state.opts)}]],
+                    ++ [{hibernate_after, mod_megaphone_opt:hibernate_after(State#state.opts)},
+                        {balance, mod_megaphone_opt:balance(State#state.opts)}]],
             %% The reply comes as megaphone_started or megaphone_error with
             %% Ref; a link that dropped meanwhile comes as nodedown.
             case megaphone:start_async(Node, Opts, [noconnect]) of
@@ -562,7 +577,17 @@ started(Ref, Info, #state{nodes = Nodes} = State) ->
 start_failed(Ref, Reason, #state{nodes = Nodes} = State) ->
     case find_by_ref(Ref, Nodes) of
         {ok, #mp_node{name = Name}} ->
-            ?ERROR_MSG("Megaphone node ~ts refused to start: ~p", [Name, Reason]),
+            case Reason of
+                {config_mismatch, Names} ->
+                    %% Another ejabberd node of the cluster attached it first,
+                    %% with other options: the node keeps theirs.
+                    ?ERROR_MSG("Megaphone node ~ts serves other ejabberd nodes with another "
+                               "configuration (these options differ: ~p); set the same "
+                               "mod_megaphone options on every node of the cluster",
+                               [Name, Names]);
+                _ ->
+                    ?ERROR_MSG("Megaphone node ~ts refused to start: ~p", [Name, Reason])
+            end,
             retry_later(Name, State);
         error ->
             State

@@ -11,6 +11,7 @@
 -module(mod_megaphone_opt).
 
 -export([access/1]).
+-export([balance/1]).
 -export([certfile/1]).
 -export([ciphers/1]).
 -export([connect_retry/1]).
@@ -34,6 +35,12 @@ access(Opts) when is_map(Opts) ->
     gen_mod:get_opt(access, Opts);
 access(Host) ->
     gen_mod:get_module_opt(Host, mod_megaphone, access).
+
+-spec balance(gen_mod:opts() | global | binary()) -> 'round_robin' | 'least_sessions'.
+balance(Opts) when is_map(Opts) ->
+    gen_mod:get_opt(balance, Opts);
+balance(Host) ->
+    gen_mod:get_module_opt(Host, mod_megaphone, balance).
 
 -spec certfile(gen_mod:opts() | global | binary()) -> 'undefined' | binary().
 certfile(Opts) when is_map(Opts) ->

@@ -35,6 +35,14 @@ public final class DistributionLink {
         /// (`CEI_output_written`) at which they end: they leave `toErlang` once the kernel took them,
         /// so that a slow peer pushes back on the clients instead of its output growing.
         var held: [(end: UInt64, bytes: Int)] = []
+        /// The sum of `held`.
+        var heldBytes = 0
+        /// The part of `heldBytes` (always the oldest entries of `held`) already taken off `toErlang`:
+        /// a node marked behind no longer counts in the shared budget, so that its bytes cannot
+        /// pause the clients of the others. Its own clients are held back by the mark instead.
+        var offBudget = 0
+        /// Marked behind in `backlog`: its connections are not read until it catches up.
+        var behind = false
     }
 
     private struct Shutdown {
@@ -74,9 +82,15 @@ public final class DistributionLink {
     /// and events, which a reading peer takes at once.
     private let outputLimit: Int
 
-    private var controller: PidRef? = nil {
-        didSet { counters.controllers.store(controller == nil ? 0 : 1, ordering: .relaxed) }
+    /// Who hears of new connections: one controller per Erlang node (an ejabberd cluster attaches
+    /// every node of it). The listeners stay open while any is attached.
+    private var controllers = ControllerList() {
+        didSet { counters.controllers.store(controllers.count, ordering: .relaxed) }
     }
+    /// Open announced connections by owning node (shared with the reactors).
+    private let sessions: SessionCounts
+    /// Nodes whose connections the reactors leave unread while they are behind (`NodeBacklog`).
+    private let backlog: NodeBacklog
     private var options = StartOptions()
     private var listeners = ListenerSet()
     private var shutdown: Shutdown? = nil
@@ -96,6 +110,8 @@ public final class DistributionLink {
         self.inline = inline
         output = context.output
         counters = context.counters
+        sessions = context.sessions
+        backlog = context.backlog
         logger = context.logger
         netTicktimeMillis = Int64(netTicktimeSeconds) * 1000
         outputLimit = toErlang.limit + 64 << 20
@@ -245,16 +261,41 @@ public final class DistributionLink {
         guard let i = peers.firstIndex(where: { $0.fd == fd }) else { return }
         let peer = peers.remove(at: i)
         // Its client bytes were dropped with it.
-        toErlang.taken(peer.held.reduce(0) { $0 + $1.bytes })
+        toErlang.taken(peer.heldBytes - peer.offBudget)
+        if peer.behind { backlog.set(peer.node, behind: false) }
         _ = ei_close_connection(fd)
         logger.info("Erlang node disconnected", metadata: ["peer": "\(peer.name)", "reason": "\(reason)"])
+        // The smaller controller set reaches the reactors before the node-down: whatever they
+        // announced to this node until then is closed by it, and nothing is announced to it after.
+        let wasController = shutdown == nil && detachController(node: peer.node)
         for reactor in reactors { reactor.commands.post(.nodeDown(node: peer.node)) }
-        if controller?.node == peer.node && shutdown == nil {
-            // Nobody is left to hand new clients to: stop accepting until the next start.
-            closeListeners()
-            controller = nil
-            logger.info("Controller node is gone: listeners closed until the next start", metadata: ["peer": "\(peer.name)"])
+        if wasController {
+            if controllers.isEmpty {
+                logger.info("Controller node is gone: listeners closed until the next start", metadata: ["peer": "\(peer.name)"])
+            } else {
+                logger.info("Controller node is gone: its connections closed, the other controllers keep the listeners",
+                            metadata: ["peer": "\(peer.name)", "controllers": "\(controllers.count)"])
+            }
         }
+    }
+
+    /// Takes `node`'s controller off the list and gives the reactors the set without it; closes the
+    /// listeners when it was the last. The caller closes that node's connections (`.nodeDown` or
+    /// `.release`, posted after this so that the reactors see the new set first). False when `node`
+    /// had no controller.
+    private func detachController(node: UInt16) -> Bool {
+        guard controllers.detach(node: node) != nil else { return false }
+        if var config = reactorConfig {
+            config.controllers = controllerSet(balance: options.balance)
+            reactorConfig = config
+            for reactor in reactors { reactor.commands.post(.configure(config)) }
+        }
+        if controllers.isEmpty { closeListeners() }
+        return true
+    }
+
+    private func controllerSet(balance: Balance) -> ControllerSet {
+        ControllerSet(controllers: controllers.pids, balance: balance, sessions: sessions)
     }
 
     /// Drops every peer from which nothing at all has arrived for net_ticktime, as Erlang does: a live
@@ -345,9 +386,43 @@ public final class DistributionLink {
                 dropPeer(fd: peer.fd, reason: "output_limit")
             }
         }
-        if toErlang.shouldResume() {
+        let caughtUp = updateBacklog()
+        if toErlang.shouldResume() || caughtUp {
             for reactor in reactors { reactor.commands.post(.resumeReads) }
         }
+    }
+
+    /// Client bytes one peer may have waiting in user space, while several controllers share the
+    /// node, before the connections its node owns stop being read: a quarter of
+    /// `--dist-queue-limit`, so that a frozen ejabberd node cannot take the whole budget from the
+    /// others before net_ticktime drops it. Once marked, its bytes leave the shared budget (they
+    /// stay bounded: its connections are not read, so at most what was read before the reactors
+    /// saw the mark, itself bounded by the budget, is added), and the others' clients are read.
+    private var peerHeldLimit: Int { Swift.max(toErlang.limit / 4, 1) }
+
+    /// Marks peers behind (or caught up, at half the limit) in `backlog`. With one controller there is
+    /// nobody to be fair to: the shared budget alone holds the clients back, as before. Returns true
+    /// when a peer caught up, so that the reactors read what they left.
+    private func updateBacklog() -> Bool {
+        let shared = controllers.count > 1
+        var caughtUp = false
+        for i in peers.indices {
+            let held = peers[i].heldBytes
+            if !peers[i].behind && shared && held > peerHeldLimit {
+                peers[i].behind = true
+                backlog.set(peers[i].node, behind: true)
+                toErlang.taken(held - peers[i].offBudget)
+                peers[i].offBudget = held
+                logger.warning("An Erlang node is behind on client bytes: its connections wait until it catches up",
+                               metadata: ["peer": "\(peers[i].name)", "held.bytes": "\(held)"])
+            } else if peers[i].behind && (!shared || held <= peerHeldLimit / 2) {
+                peers[i].behind = false
+                backlog.set(peers[i].node, behind: false)
+                caughtUp = true
+                logger.info("An Erlang node caught up on client bytes", metadata: ["peer": "\(peers[i].name)"])
+            }
+        }
+        return caughtUp
     }
 
     /// Takes off `toErlang` the client bytes the kernel has taken for `fd`.
@@ -356,7 +431,11 @@ public final class DistributionLink {
         let sent = CEI_output_sent(fd)
         let done = peers[i].held.prefix { $0.end <= sent }
         guard !done.isEmpty else { return }
-        toErlang.taken(done.reduce(0) { $0 + $1.bytes })
+        let bytes = done.reduce(0) { $0 + $1.bytes }
+        let off = Swift.min(bytes, peers[i].offBudget)
+        peers[i].offBudget -= off
+        toErlang.taken(bytes - off)
+        peers[i].heldBytes -= bytes
         peers[i].held.removeFirst(done.count)
     }
 
@@ -437,7 +516,13 @@ public final class DistributionLink {
         case .shaper(let id, let rate):
             post(.shaper(connID: id, rate: rate.map { ($0.bytesPerSecond, $0.burst) }), for: id)
         case .shutdown(let from, let ref):
-            beginShutdown(waiter: (from, ref))
+            if controllers.contains(node: from.node) && controllers.hasOthers(than: from.node) {
+                // One controller of several leaves; the node serves the others and says so.
+                leave(node: from.node)
+                sendStats(to: from, tag: "megaphone_detached", ref: ref)
+            } else {
+                beginShutdown(waiter: (from, ref))
+            }
         case .shutdownQuietly:
             beginShutdown(waiter: nil)
         case .stats(let from, let ref):
@@ -462,8 +547,28 @@ public final class DistributionLink {
 
     /// `start`: opens the listeners asked for and keeps those already open; any failure leaves the
     /// previous configuration in place.
+    ///
+    /// With controllers of other nodes attached the configuration is theirs too: a `start` must ask
+    /// for the same (`StartOptions.disagreements`) or is refused with `{config_mismatch, Names}`, and
+    /// one with no listeners is its controller leaving (what mod_megaphone sends when the module
+    /// stops). Alone, a controller reconfigures the node as it likes.
     private func start(from: PidRef, ref: [UInt8], options: StartOptions) {
         guard shutdown == nil else { return send(to: from, .requestError(tag: .ref(ref), reason: .shuttingDown)) }
+        let controller = options.controller ?? from
+        let shared = controllers.hasOthers(than: controller.node)
+        if shared && options.listeners.isEmpty {
+            leave(node: controller.node)
+            return replyStarted(to: from, ref: ref, controller: controller)
+        }
+        if shared {
+            let differing = options.disagreements(with: self.options)
+            guard differing.isEmpty else {
+                logger.warning("Refused a start that asks for another configuration than the attached controllers'",
+                               metadata: ["controller.node": "\(names.name(of: controller.node) ?? "?")",
+                                          "options": "\(differing)"])
+                return send(to: from, .requestError(tag: .ref(ref), reason: .configMismatch(differing)))
+            }
+        }
         // The certificate is (re)loaded on every start: a repeated start is how an operator renews it.
         var tls: TLSContext? = nil
         if let certfile = options.certfile {
@@ -479,27 +584,41 @@ public final class DistributionLink {
         } else if options.listeners.contains(where: { $0.transport != .tcp }) {
             return send(to: from, .requestError(tag: .ref(ref), reason: .badopt("certfile")))
         }
-        let change: ListenerSet.Change
+        var change = ListenerSet.Change(added: [], removed: [])
         do {
-            change = try listeners.replace(with: options.listeners)
+            // Shared: the same listeners, already open (port-0 ones stay on the ports they got).
+            if !shared { change = try listeners.replace(with: options.listeners) }
         } catch {
             logger.warning("Cannot listen", metadata: ["listener": "\(error.spec)", "error": "\(error.error)"])
             return send(to: from, .requestError(tag: .ref(ref), reason: .listenFailed(error.spec, errno: error.error.erlangName)))
         }
-        let controller = options.controller ?? from
-        let config = ReactorConfig(controller: controller, options: options, tls: tls)
+        controllers.attach(controller)
+        let config = ReactorConfig(controllers: controllerSet(balance: options.balance), options: options, tls: tls)
         for reactor in reactors {
             reactor.commands.post(.configure(config))
             for listener in change.removed { reactor.commands.post(.removeListener(listener)) }
             for listener in change.added { reactor.commands.post(.addListener(listener)) }
         }
         self.options = options
-        self.controller = controller
         reactorConfig = config
+        logger.info("Started", metadata: ["listeners": "\(listeners.bound(options.listeners).map(\.description))",
+                                          "controller.node": "\(names.name(of: controller.node) ?? "?")",
+                                          "controllers": "\(controllers.count)"])
+        replyStarted(to: from, ref: ref, controller: controller)
+    }
+
+    /// One controller of several leaves while its node stays up: new connections go to the others,
+    /// and the connections its node owns are flushed and closed, their owners told `tcp_closed`.
+    private func leave(node: UInt16) {
+        guard detachController(node: node) else { return }
+        for reactor in reactors { reactor.commands.post(.release(node: node)) }
+        logger.info("Controller left: its connections closed, the other controllers keep the listeners",
+                    metadata: ["controller.node": "\(names.name(of: node) ?? "?")", "controllers": "\(controllers.count)"])
+    }
+
+    private func replyStarted(to from: PidRef, ref: [UInt8], controller: PidRef) {
         let info = StartInfo(node: node.nodeName, listeners: listeners.bound(options.listeners), options: options,
                              controller: controller, controllerNode: names.name(of: controller.node))
-        logger.info("Started", metadata: ["listeners": "\(info.listeners.map(\.description))",
-                                          "controller.node": "\(info.controllerNode ?? "?")"])
         send(to: from) { e in
             e.tuple(3)
             e.atom("megaphone_started")
@@ -525,8 +644,11 @@ public final class DistributionLink {
                 ("request_queue_bytes", toClients.queuedBytes),
                 ("request_queue_peak", toClients.peakBytes),
                 ("request_reads_paused", toClients.pausedReadCount),
+                ("nodes_behind", backlog.count),
             ],
-            closed: CloseReason.allCases.map { ($0.name, counters.closedCount($0)) })
+            closed: CloseReason.allCases.map { ($0.name, counters.closedCount($0)) },
+            controllerNodes: zip(controllers.pids.map { names.name(of: $0.node) ?? "" },
+                                 sessions.counts(of: controllers.pids.map(\.node))).map { ($0, $1) })
         send(to: pid) { e in
             e.tuple(3)
             e.atom(tag)
@@ -629,6 +751,12 @@ public final class DistributionLink {
             toErlang.taken(bytes)
         } else {
             peers[i].held.append((end: end, bytes: bytes))
+            peers[i].heldBytes += bytes
+            if peers[i].behind {
+                // Read before the reactors saw the mark: off the shared budget too.
+                toErlang.taken(bytes)
+                peers[i].offBudget += bytes
+            }
         }
     }
 }

@@ -116,6 +116,12 @@ extension ErrorReason {
             e.binary(Array(why.utf8))
         case .shuttingDown:
             e.atom("shutting_down")
+        case .configMismatch(let names):
+            e.tuple(2)
+            e.atom("config_mismatch")
+            e.list(names.count)
+            for name in names { e.atom(name) }
+            e.emptyList()
         }
     }
 }

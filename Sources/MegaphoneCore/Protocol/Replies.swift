@@ -41,9 +41,12 @@ struct StatsReport {
     var values: [(String, Int)]
     /// `closed => #{Reason => N}`.
     var closed: [(String, Int)]
+    /// `controller_nodes => #{Node => #{connections => N}}`: each attached controller's node and the
+    /// open connections its processes own (announced to it, or taken by its sessions).
+    var controllerNodes: [(String, Int)] = []
 
     func encode(into e: TermEncoder) {
-        e.map(values.count + 3)
+        e.map(values.count + 4)
         e.atom("node")
         e.atom(node)
         for (key, value) in values {
@@ -58,6 +61,14 @@ struct StatsReport {
         }
         e.atom("listeners")
         listeners.encode(into: e)
+        e.atom("controller_nodes")
+        e.map(controllerNodes.count)
+        for (node, connections) in controllerNodes {
+            e.atom(node)
+            e.map(1)
+            e.atom("connections")
+            e.int(connections)
+        }
     }
 }
 

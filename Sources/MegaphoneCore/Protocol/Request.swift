@@ -58,6 +58,9 @@ public struct StartOptions: Equatable, Sendable {
     /// `{hibernate_after, Ms | infinity}`: tell a connection's owner `{megaphone_idle, ConnId}`
     /// once it has moved no byte this long (see `Reactor+Idle.swift`); nil is infinity.
     public var hibernateAfterMillis: Int? = nil
+    /// `{balance, round_robin | least_sessions}`: how a new connection picks one of several
+    /// controllers (see `Balance`).
+    public var balance: Balance = .leastSessions
 
     public init() {}
 }
@@ -126,6 +129,9 @@ public enum ErrorReason: Equatable, Sendable, CustomStringConvertible {
     case badCertfile(String)
     /// `shutting_down`: the node is draining and takes no new work.
     case shuttingDown
+    /// `{config_mismatch, [Name]}`: a `start` from one more controller names options that differ from
+    /// those the attached controllers run with; nothing changed.
+    case configMismatch([String])
 
     public var description: String {
         switch self {
@@ -138,6 +144,7 @@ public enum ErrorReason: Equatable, Sendable, CustomStringConvertible {
         case .listenFailed(let spec, let errno): "{listen_failed, \(spec), \(errno)}"
         case .badCertfile(let why): "{bad_certfile, \"\(why)\"}"
         case .shuttingDown: "shutting_down"
+        case .configMismatch(let names): "{config_mismatch, [\(names.joined(separator: ", "))]}"
         }
     }
 }
@@ -379,6 +386,9 @@ private struct RequestDecoder {
             options.window = try positive(&r, name, max: 1 << 16)
         case "hibernate_after":
             options.hibernateAfterMillis = try positiveOrInfinity(&r, name, max: 86_400_000)
+        case "balance":
+            guard let balance = (try? r.readAtom()).flatMap(Balance.init(rawValue:)) else { throw fail(.badopt(name)) }
+            options.balance = balance
         case "controller":
             guard let decoded = try? r.readPid(), let pid = nodes.pidRef(decoded) else { throw fail(.badopt(name)) }
             options.controller = pid

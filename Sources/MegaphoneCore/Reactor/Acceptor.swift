@@ -183,9 +183,7 @@ extension Reactor {
         logger.debug("Accepted connection", metadata: ["connection.id": "\(id)", "peer": "\(peer)"])
         switch listener.bound.transport {
         case .tcp:
-            opening.watchHeader(id, now: now, config: config)
-            watchAnnouncement(id, now: now, config: config)
-            emit(to: config.controller, .connected(connID: id, peer: peer, local: local, transport: .tcp))
+            announce(fd, peer: peer, local: local, transport: .tcp, now: now, config: config)
         case .tls, .starttls:
             guard let context = config.tls else {
                 closeConnection(fd, reason: .tlsError, notify: nil)

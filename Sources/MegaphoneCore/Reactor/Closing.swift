@@ -48,6 +48,8 @@ extension Reactor {
         }
         if let ip = opening.forget(slot.connID) { limiter.release(ip) }
         if !announced.isEmpty { announced[slot.connID] = nil }
+        if !unclaimed.isEmpty { unclaimed.remove(slot.connID) }
+        if slot.opening == .established && !slot.owner.isNone { sessions.removed(node: slot.owner.node) }
         addresses.release(slot.address, now: monotonicMillis(), rate: config?.connectionRate)
         slot.transport.close()
         // Counted before the close, so that a client that sees the close also finds it in stats.

@@ -14,11 +14,18 @@ public struct NodeContext: Sendable {
     public let toErlang: ByteBudget
     /// put_data and send_data bytes on their way to the reactors.
     public let toClients: ByteBudget
+    /// Open announced connections by the node that owns them (`SessionCounts`).
+    public let sessions: SessionCounts
+    /// Nodes whose connections are not read while they are behind on client bytes (`NodeBacklog`).
+    public let backlog: NodeBacklog
     public let logger: Logger
 
     public init(output: Mailbox<ReactorOutput>, counters: Counters, handshakes: HandshakeLimiter = HandshakeLimiter(),
                 addresses: AddressLimiter = AddressLimiter(), toErlang: ByteBudget = ByteBudget(limit: 64 << 20),
-                toClients: ByteBudget = ByteBudget(limit: 64 << 20), logger: Logger) {
+                toClients: ByteBudget = ByteBudget(limit: 64 << 20), sessions: SessionCounts = SessionCounts(),
+                backlog: NodeBacklog = NodeBacklog(), logger: Logger) {
+        self.sessions = sessions
+        self.backlog = backlog
         self.output = output
         self.counters = counters
         self.handshakes = handshakes

@@ -18,8 +18,10 @@ extension Reactor {
         nextIdleSweep = now + period
         for fd in table.liveFDs {
             let slot = table[fd]
+            // An unclaimed connection's owner is the controller, not a session.
             guard slot.opening == .established, !slot.owner.isNone,
-                  slot.flags.isDisjoint(with: [.closing, .eofNotified]) else { continue }
+                  slot.flags.isDisjoint(with: [.closing, .eofNotified]),
+                  unclaimed.isEmpty || !unclaimed.contains(slot.connID) else { continue }
             if slot.flags.contains(.active) {
                 table[fd].flags.remove([.active, .idleNotified])
             } else if !slot.flags.contains(.idleNotified) {

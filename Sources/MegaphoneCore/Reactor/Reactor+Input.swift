@@ -15,7 +15,7 @@ extension Reactor {
         }
         guard !table[fd].flags.contains(.closing) else { return }
         if !announced.isEmpty { announced[connID] = nil }
-        table[fd].owner = owner
+        claim(fd, by: owner)
         if case .parsed(let input) = table[fd].framing, let config {
             // The session's first get_data (xmpp_socket activates the socket once, at accept)
             // opens the window; `credit` keeps it open.
@@ -41,7 +41,8 @@ extension Reactor {
         if table[fd].flags.contains(.armed) { serve(fd) }
     }
 
-    /// The distribution queue has drained: serves the armed connections it held back.
+    /// The distribution queue has drained, or a node that was behind caught up: serves the armed
+    /// connections held back (those still held back go back to `starved`).
     func resumeReads() {
         let ids = starved
         starved.removeAll(keepingCapacity: true)
@@ -70,7 +71,7 @@ extension Reactor {
         // Everything the client sent has been delivered, and the owner told.
         guard !table[fd].flags.contains(.eofNotified) else { return }
         guard table[fd].flags.contains(.readable) else { return }
-        guard toErlang.mayRead() else {
+        guard toErlang.mayRead(), !backlog.isBehind(table[fd].owner.node) else {
             starved.insert(id)
             return
         }
@@ -141,7 +142,7 @@ extension Reactor {
                 continue
             }
             guard !table[fd].flags.contains(.eofNotified), table[fd].flags.contains(.readable) else { return }
-            guard toErlang.mayRead() else {
+            guard toErlang.mayRead(), !backlog.isBehind(table[fd].owner.node) else {
                 starved.insert(id)
                 return
             }

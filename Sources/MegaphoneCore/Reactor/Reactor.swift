@@ -36,6 +36,8 @@ public final class Reactor: @unchecked Sendable {
     let counters: Counters
     let limiter: HandshakeLimiter
     let addresses: AddressLimiter
+    let sessions: SessionCounts
+    let backlog: NodeBacklog
     let logger: Logger
 
     let epfd: CInt
@@ -53,6 +55,9 @@ public final class Reactor: @unchecked Sendable {
     /// Connections announced with `megaphone_connect` and never asked for data yet, and when they are
     /// given up on (`announce_timeout`; see `Reactor+AnnounceDeadline.swift`).
     var announced: [UInt64: Int64] = [:]
+    /// Connections announced and not yet asked for data: their `owner` is still the controller they
+    /// were announced to (see `Reactor+Announce.swift`).
+    var unclaimed: Set<UInt64> = []
     /// The opening stage's clocks: handshake deadlines and stream header watches.
     var opening = StreamOpening()
     /// What this turn has for the distribution thread.
@@ -93,6 +98,8 @@ public final class Reactor: @unchecked Sendable {
         counters = context.counters
         limiter = context.handshakes
         addresses = context.addresses
+        sessions = context.sessions
+        backlog = context.backlog
         var logger = context.logger
         logger[metadataKey: "reactor"] = "\(index)"
         self.logger = logger
@@ -202,9 +209,10 @@ public final class Reactor: @unchecked Sendable {
         outbox.emit(to: pid, event)
     }
 
-    /// Where a connection's notifications go: its owner, else the controller.
+    /// Where a connection's notifications go: its owner, which is the controller it was announced to
+    /// until a get_data names another (`.none` before the announcement: nobody knows of it).
     func recipient(of slot: ConnectionSlot) -> PidRef {
-        slot.owner.isNone ? (config?.controller ?? .none) : slot.owner
+        slot.owner
     }
 
     // MARK: commands
@@ -246,6 +254,11 @@ public final class Reactor: @unchecked Sendable {
                 sendAllCoalesced()
                 for fd in table.liveFDs where recipient(of: table[fd]).node == node {
                     closeConnection(fd, reason: .nodeDown, notify: nil)
+                }
+            case .release(let node):
+                sendAllCoalesced()
+                for fd in table.liveFDs where recipient(of: table[fd]).node == node {
+                    beginClose(fd, reason: .shutdown, notify: true)
                 }
             case .shutdown:
                 sendAllCoalesced()

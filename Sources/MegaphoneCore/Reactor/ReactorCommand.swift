@@ -2,7 +2,8 @@ import MegaphoneXML
 
 /// What a reactor runs with; replaced as a whole by every `start`.
 public struct ReactorConfig: Sendable {
-    public var controller: PidRef
+    /// Who hears of new connections (`megaphone_connect`), and how one is picked.
+    public var controllers: ControllerSet
     public var maxConnections: Int
     public var maxChunk: Int
     public var sendQueueLimit: Int
@@ -30,8 +31,15 @@ public struct ReactorConfig: Sendable {
     /// How long a connection moves no byte before its owner hears `megaphone_idle`; nil: never.
     public var hibernateAfterMillis: Int64?
 
+    /// One controller, counting its sessions on its own (tests, and a node with one controller).
     public init(controller: PidRef, options: StartOptions, tls: TLSContext? = nil) {
-        self.controller = controller
+        let controllers = controller.isNone ? [] : [controller]
+        self.init(controllers: ControllerSet(controllers: controllers, balance: options.balance, sessions: SessionCounts()),
+                  options: options, tls: tls)
+    }
+
+    public init(controllers: ControllerSet, options: StartOptions, tls: TLSContext? = nil) {
+        self.controllers = controllers
         maxConnections = options.maxConnections
         maxChunk = options.maxChunk
         sendQueueLimit = options.sendQueueLimit
@@ -73,6 +81,9 @@ public enum ReactorCommand: Sendable {
     case resumeReads
     /// The distribution link to this node is gone: close the connections its processes own.
     case nodeDown(node: UInt16)
+    /// A controller left while its node stays up: flush and close the connections that node's
+    /// processes own, telling each owner `tcp_closed`.
+    case release(node: UInt16)
     /// Stop accepting, flush and close everything telling the owners, then report `.drained`.
     case shutdown
 }

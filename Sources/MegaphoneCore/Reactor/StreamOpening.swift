@@ -157,10 +157,7 @@ extension Reactor {
             // OpenSSL may already hold application data that came with the handshake's last flight.
             table[fd].flags.formUnion([.readable, .writable])
             logger.debug("TLS handshake done", metadata: ["connection.id": "\(id)", "peer": "\(peer)"])
-            let now = monotonicMillis()
-            opening.watchHeader(id, now: now, config: config)
-            watchAnnouncement(id, now: now, config: config)
-            emit(to: config.controller, .connected(connID: id, peer: peer, local: local, transport: .tls))
+            announce(fd, peer: peer, local: local, transport: .tls, now: monotonicMillis(), config: config)
         case .inProgress:
             return
         case .closed:

@@ -227,4 +227,14 @@ struct RequestTests {
         #expect(throws: RequestError.self) { try options([{ e in e.tuple(2); e.atom("window"); e.uint(0) }]) }
         #expect(throws: RequestError.self) { try options([{ e in e.tuple(2); e.atom("max_stanza_size"); e.uint(1 << 30) }]) }
     }
+
+    @Test func balanceOption() throws {
+        #expect(try options([]).balance == .leastSessions)
+        #expect(try options([{ e in e.tuple(2); e.atom("balance"); e.atom("round_robin") }]).balance == .roundRobin)
+        #expect(try options([{ e in e.tuple(2); e.atom("balance"); e.atom("least_sessions") }]).balance == .leastSessions)
+        #expect(failure { e in
+            e.tuple(4); e.atom("start"); shellPid(e); e.atom("r")
+            e.list(1); e.tuple(2); e.atom("balance"); e.atom("random"); e.emptyList()
+        }?.reason == .badopt("balance"))
+    }
 }

@@ -18,8 +18,10 @@ final class ReactorHarness {
     static let controller = PidRef(node: 1, num: 10, serial: 0, creation: 1)
     static let owner = PidRef(node: 1, num: 20, serial: 0, creation: 1)
 
+    /// `controllers`: announce to these (by `options.balance`, counting in the reactor's sessions)
+    /// instead of `controller`.
     init(toErlang: ByteBudget = ByteBudget(limit: 64 << 20), flushTimeoutMillis: Int64? = nil,
-         _ configure: (inout StartOptions) -> Void = { _ in }) throws {
+         controllers: [PidRef]? = nil, _ configure: (inout StartOptions) -> Void = { _ in }) throws {
         output = try Mailbox()
         reactor = try Reactor(index: 3, context: NodeContext(output: output, counters: counters, toErlang: toErlang,
                                                              logger: Logger(label: "test")))
@@ -28,7 +30,10 @@ final class ReactorHarness {
         listener = try Listener(ListenerSpec(transport: .tcp, ip: .loopbackIPv4, port: 0))
         let reactor = self.reactor
         thread = try PThread.spawn(name: "test-reactor") { reactor.run() }
-        var config = ReactorConfig(controller: Self.controller, options: options)
+        var config = controllers.map {
+            ReactorConfig(controllers: ControllerSet(controllers: $0, balance: options.balance, sessions: reactor.sessions),
+                          options: options)
+        } ?? ReactorConfig(controller: Self.controller, options: options)
         if let flushTimeoutMillis { config.flushTimeoutMillis = flushTimeoutMillis }
         reactor.commands.post(.configure(config))
         reactor.commands.post(.addListener(listener))
