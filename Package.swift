@@ -61,6 +61,23 @@ let package = Package(
             ],
             path: "Sources/megaphone"
         ),
+        // The XMPP load client (issue 14): one epoll loop, many sessions, a line protocol on stdin/stdout.
+        // It reuses the node's System layer (Epoll, Socket, syscall), which is `package` for it.
+        .target(
+            name: "MegaphoneLoad",
+            dependencies: [
+                "MegaphoneCore",
+                "MegaphoneXML",
+                "CLinux",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/MegaphoneLoad"
+        ),
+        .testTarget(
+            name: "MegaphoneLoadTests",
+            dependencies: ["MegaphoneLoad", "MegaphoneCore", "MegaphoneXML"],
+            path: "Tests/MegaphoneLoadTests"
+        ),
         .testTarget(
             name: "MegaphoneCoreTests",
             dependencies: ["MegaphoneCore", "MegaphoneXML", "COpenSSL"],
