@@ -11,6 +11,7 @@ let package = Package(
         .library(name: "MegaphoneCore", targets: ["MegaphoneCore"]),
         .library(name: "MegaphoneXML", targets: ["MegaphoneXML"]),
         .executable(name: "megaphone-xml-events", targets: ["megaphone-xml-events"]),
+        .executable(name: "megaphone-load", targets: ["megaphone-load"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
@@ -72,6 +73,16 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Sources/MegaphoneLoad"
+        ),
+        .executableTarget(
+            name: "megaphone-load",
+            dependencies: [
+                "MegaphoneLoad",
+                "MegaphoneCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Sources/megaphone-load"
         ),
         .testTarget(
             name: "MegaphoneLoadTests",
