@@ -17,6 +17,20 @@ struct LoadClientTests {
         return c
     }
 
+    /// A client whose `count` users (from `first`) log in on `server` all at once, and the server's
+    /// side of each, in user order.
+    static func loggedIn(_ server: FakeXMPPServer, count: Int = 1, first: Int = 1,
+                         _ configure: (inout LoadConfiguration) -> Void = { _ in }) throws -> (ClientHarness, [Peer]) {
+        var config = configuration(server, count: count, first: first)
+        config.concurrency = count
+        configure(&config)
+        let client = try ClientHarness(config)
+        client.command("login")
+        let peers = try (0..<count).map { _ in try server.acceptLoggedIn() }.sorted { $0.user < $1.user }
+        #expect(client.line("login-done")?.hasPrefix("login-done logged_in=\(count) failed=0 ") == true)
+        return (client, peers)
+    }
+
     @Test func aLoginReadOneByteAtATimeEndsLoggedIn() throws {
         let server = try FakeXMPPServer()
         var config = Self.configuration(server, count: 2, first: 41)
@@ -44,10 +58,8 @@ struct LoadClientTests {
 
     @Test func serverPingsAreAnsweredChatsReportedAndOurPingsCounted() throws {
         let server = try FakeXMPPServer()
-        let client = try ClientHarness(Self.configuration(server, count: 1, first: 5))
-        client.command("login")
-        let peer = try server.acceptLoggedIn()
-        #expect(client.line("login-done")?.hasPrefix("login-done logged_in=1 failed=0") == true)
+        let (client, peers) = try Self.loggedIn(server, first: 5)
+        let peer = peers[0]
 
         peer.send("<iq from='localhost' to='xb5@localhost/r' id='s2c-1' type='get'><ping xmlns='urn:xmpp:ping'/></iq>")
         #expect(try peer.read(until: "/>") == "<iq type='result' to='localhost' id='s2c-1'/>")
@@ -94,12 +106,7 @@ struct LoadClientTests {
 
     @Test func aStreamErrorOrBadXMLAfterLoginIsDownAndTheClientGoesOn() throws {
         let server = try FakeXMPPServer()
-        var config = Self.configuration(server, count: 3)
-        config.concurrency = 3
-        let client = try ClientHarness(config)
-        client.command("login")
-        let peers = try (0..<3).map { _ in try server.acceptLoggedIn() }.sorted { $0.user < $1.user }
-        #expect(client.line("login-done")?.hasPrefix("login-done logged_in=3 ") == true)
+        let (client, peers) = try Self.loggedIn(server, count: 3)
 
         peers[0].send("<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>")
         peers[1].send("<message><body>x</bdy></message>")
@@ -150,10 +157,8 @@ struct LoadClientTests {
 
     @Test func writesTheSocketDoesNotTakeWaitAndGoOutInOrder() throws {
         let server = try FakeXMPPServer(receiveBuffer: 4096)
-        let client = try ClientHarness(Self.configuration(server))
-        client.command("login")
-        let peer = try server.acceptLoggedIn()
-        _ = client.line("login-done")
+        let (client, peers) = try Self.loggedIn(server)
+        let peer = peers[0]
         // 600 KB while the server reads nothing: more than its small receive buffer and the
         // client's send buffer hold, less than the output limit (1 MiB).
         let token = String(repeating: "x", count: 60_000)
@@ -170,12 +175,8 @@ struct LoadClientTests {
 
     @Test func outputPastTheLimitEndsTheSession() throws {
         let server = try FakeXMPPServer(receiveBuffer: 4096)
-        var config = Self.configuration(server)
-        config.outputLimit = 256 << 10
-        let client = try ClientHarness(config)
-        client.command("login")
-        let peer = try server.acceptLoggedIn()
-        _ = client.line("login-done")
+        let (client, peers) = try Self.loggedIn(server) { $0.outputLimit = 256 << 10 }
+        let peer = peers[0]
         // The kernel takes the first MBs (the send buffer grows); what it does not take waits in
         // the slot until the limit.
         let token = String(repeating: "y", count: 60_000)
@@ -190,12 +191,7 @@ struct LoadClientTests {
 
     @Test func closeEndsEveryStreamAndEndOfInputExits() throws {
         let server = try FakeXMPPServer()
-        var config = Self.configuration(server, count: 2)
-        config.concurrency = 2
-        let client = try ClientHarness(config)
-        client.command("login")
-        let peers = [try server.acceptLoggedIn(), try server.acceptLoggedIn()]
-        _ = client.line("login-done")
+        let (client, peers) = try Self.loggedIn(server, count: 2)
         client.command("close")
         #expect(client.line("closed") == "closed n=2")
         for peer in peers {
