@@ -26,7 +26,9 @@ extension LoadClient {
             beginLogin()
         case .status:
             control.emit(ControlLine.status(tally, rssKB: ProcessMemory.residentKilobytes()))
-            if !tally.downReasons.isEmpty {
+            // Why sessions went down is not in the line protocol: the log has it, once per change.
+            if tally.down != downLogged {
+                downLogged = tally.down
                 logger.notice("Sessions down", metadata: tally.downReasons.reduce(into: [:]) {
                     $0[$1.key] = "\($1.value)"
                 })

@@ -32,6 +32,8 @@ public final class LoadClient {
     var login: LoginRun?
     var ping: PingRun?
     var pingRuns = 0
+    /// `tally.down` when the reasons were last logged.
+    var downLogged = 0
     var running = true
 
     /// epoll user data of the control input; a session's is its slot index.

@@ -44,7 +44,7 @@ struct LoadCommand: ParsableCommand {
     @Option(help: "Resource every session binds.")
     var resource: String = "r"
 
-    @Option(help: "User name prefix: user i is PREFIXi.")
+    @Option(name: [.customLong("prefix"), .customLong("user-prefix")], help: "User name prefix: user i is PREFIXi.")
     var prefix: String = "xb"
 
     @Option(help: "Password prefix: user i's password is PREFIXi.")
