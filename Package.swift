@@ -11,6 +11,7 @@ let package = Package(
         .library(name: "MegaphoneCore", targets: ["MegaphoneCore"]),
         .library(name: "MegaphoneXML", targets: ["MegaphoneXML"]),
         .executable(name: "megaphone-xml-events", targets: ["megaphone-xml-events"]),
+        .executable(name: "megaphone-load", targets: ["megaphone-load"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
@@ -60,6 +61,33 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/megaphone"
+        ),
+        // The XMPP load client (issue 14): one epoll loop, many sessions, a line protocol on stdin/stdout.
+        // It reuses the node's System layer (Epoll, Socket, syscall), which is `package` for it.
+        .target(
+            name: "MegaphoneLoad",
+            dependencies: [
+                "MegaphoneCore",
+                "MegaphoneXML",
+                "CLinux",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/MegaphoneLoad"
+        ),
+        .executableTarget(
+            name: "megaphone-load",
+            dependencies: [
+                "MegaphoneLoad",
+                "MegaphoneCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Sources/megaphone-load"
+        ),
+        .testTarget(
+            name: "MegaphoneLoadTests",
+            dependencies: ["MegaphoneLoad", "MegaphoneCore", "MegaphoneXML"],
+            path: "Tests/MegaphoneLoadTests"
         ),
         .testTarget(
             name: "MegaphoneCoreTests",

@@ -64,7 +64,7 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// Calls `body` with this address as a `sockaddr` of the right family and length.
-    func withSockaddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
+    package func withSockaddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
         if ip.isIPv4 {
             var sin = sockaddr_in()
             sin.sin_family = sa_family_t(AF_INET)
@@ -85,9 +85,10 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
 }
 
 /// Socket calls on raw fds. The reactor owns the fds; these functions never close one they did not open.
-enum Socket {
+/// `package`, like `syscall`: megaphone-load's loop uses them too.
+package enum Socket {
     /// Opens a non-blocking listening socket bound to `address` (port 0 picks a free port).
-    static func listen(on address: SocketAddress, backlog: CInt) throws(SystemError) -> CInt {
+    package static func listen(on address: SocketAddress, backlog: CInt) throws(SystemError) -> CInt {
         let family = address.ip.isIPv4 ? AF_INET : AF_INET6
         let fd = try syscallBlocking("socket") {
             Glibc.socket(family, CInt(CLinux_SOCK_STREAM) | CInt(CLinux_SOCK_NONBLOCK) | CInt(CLinux_SOCK_CLOEXEC), 0)
@@ -104,24 +105,24 @@ enum Socket {
     }
 
     /// Accepts one connection as a non-blocking, close-on-exec fd.
-    static func accept(_ listenFD: CInt) throws(SystemError) -> IOResult<CInt> {
+    package static func accept(_ listenFD: CInt) throws(SystemError) -> IOResult<CInt> {
         try syscall("accept4") {
             CLinux_accept4(listenFD, CInt(CLinux_SOCK_NONBLOCK) | CInt(CLinux_SOCK_CLOEXEC))
         }
     }
 
-    static func setOption(_ fd: CInt, _ level: CInt, _ name: CInt, _ value: CInt) throws(SystemError) {
+    package static func setOption(_ fd: CInt, _ level: CInt, _ name: CInt, _ value: CInt) throws(SystemError) {
         var value = value
         _ = try syscallBlocking("setsockopt") {
             Glibc.setsockopt(fd, level, name, &value, socklen_t(MemoryLayout<CInt>.size))
         }
     }
 
-    static func peerAddress(_ fd: CInt) -> SocketAddress? {
+    package static func peerAddress(_ fd: CInt) -> SocketAddress? {
         address(fd) { Glibc.getpeername($0, $1, $2) }
     }
 
-    static func localAddress(_ fd: CInt) -> SocketAddress? {
+    package static func localAddress(_ fd: CInt) -> SocketAddress? {
         address(fd) { Glibc.getsockname($0, $1, $2) }
     }
 
@@ -136,29 +137,29 @@ enum Socket {
         return rc == 0 ? SocketAddress(storage: storage) : nil
     }
 
-    static func read(_ fd: CInt, into buffer: UnsafeMutableRawBufferPointer) throws(SystemError) -> IOResult<Int> {
+    package static func read(_ fd: CInt, into buffer: UnsafeMutableRawBufferPointer) throws(SystemError) -> IOResult<Int> {
         try syscall("read") { Glibc.read(fd, buffer.baseAddress, buffer.count) }
     }
 
-    static func write(_ fd: CInt, _ bytes: UnsafeRawBufferPointer) throws(SystemError) -> IOResult<Int> {
+    package static func write(_ fd: CInt, _ bytes: UnsafeRawBufferPointer) throws(SystemError) -> IOResult<Int> {
         try syscall("send") { Glibc.send(fd, bytes.baseAddress, bytes.count, CInt(MSG_NOSIGNAL)) }
     }
 
     /// Looks at the receive queue without taking anything: `.processed(0)` when the client has shut
     /// its side and everything it sent has been read (EOF), `.processed(1)` when bytes are unread,
     /// `.wouldBlock` when the client may still send. What FIONREAD tells, plus whether the FIN came.
-    static func peek(_ fd: CInt) throws(SystemError) -> IOResult<Int> {
+    package static func peek(_ fd: CInt) throws(SystemError) -> IOResult<Int> {
         var byte: UInt8 = 0
         return try syscall("recv") { Glibc.recv(fd, &byte, 1, CInt(MSG_PEEK) | CInt(MSG_DONTWAIT)) }
     }
 
     /// Sends FIN and keeps the read side open (`shutdown(SHUT_WR)`), for a lingering close.
-    static func shutdownWrite(_ fd: CInt) throws(SystemError) {
+    package static func shutdownWrite(_ fd: CInt) throws(SystemError) {
         _ = try syscallBlocking("shutdown") { Glibc.shutdown(fd, CInt(SHUT_WR)) }
     }
 
     /// The pending error of a socket that epoll reported with EPOLLERR.
-    static func pendingError(_ fd: CInt) -> CInt {
+    package static func pendingError(_ fd: CInt) -> CInt {
         var err: CInt = 0
         var len = socklen_t(MemoryLayout<CInt>.size)
         _ = Glibc.getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len)

@@ -27,11 +27,12 @@ public enum IOResult<T: Sendable>: Sendable {
 }
 
 /// Runs `body` and turns a `-1` result into `SystemError`, retrying `EINTR` and mapping `EAGAIN` to
-/// `.wouldBlock`. `errno` is read here and nowhere else in the Swift code.
+/// `.wouldBlock`. `errno` is read here and nowhere else in the Swift code (`package`, so that
+/// megaphone-load reads it here too).
 ///
 /// `@inline(never)` so that nothing (ARC traffic included) runs between the call and the read of errno.
 @inline(never)
-func syscall<T: FixedWidthInteger & Sendable>(
+package func syscall<T: FixedWidthInteger & Sendable>(
     _ call: StaticString, _ body: () -> T
 ) throws(SystemError) -> IOResult<T> {
     while true {
@@ -48,7 +49,7 @@ func syscall<T: FixedWidthInteger & Sendable>(
 
 /// Like `syscall(_:_:)` for calls on blocking or non-socket fds, where `EAGAIN` is itself an error.
 @inline(never)
-func syscallBlocking<T: FixedWidthInteger & Sendable>(
+package func syscallBlocking<T: FixedWidthInteger & Sendable>(
     _ call: StaticString, _ body: () -> T
 ) throws(SystemError) -> T {
     while true {
@@ -62,7 +63,7 @@ func syscallBlocking<T: FixedWidthInteger & Sendable>(
 
 /// Closes an fd. On Linux the fd is gone even when close() reports EINTR, so EINTR is success: retrying
 /// could close an fd another thread just got (https://lwn.net/Articles/576478/).
-func closeFD(_ fd: CInt) {
+package func closeFD(_ fd: CInt) {
     _ = Glibc.close(fd)
 }
 
