@@ -17,10 +17,12 @@ def _gib(kb: float) -> str:
 def report(res: dict, samples: list[dict], failures: list[str], a, plot_path: Path | None) -> str:
     n = res.get("logged_in", 0)
     out = [f"## bench/million: {res['n']:,} sessions on one ejabberd node ({res['started']})", "",
-           f"Command: `bench/million --sessions {a.sessions} --per-node {a.per_node} --hold {a.hold} "
-           f"--pairs {a.pairs} --parser {a.parser}`; {res['m']} Megaphone nodes (`--threads 1`) and "
-           f"{res['m']} `megaphone-load` processes; mod_megaphone `parser: {a.parser}`, hibernate_after "
-           "the module's default.", ""]
+           f"Command: `bench/million --sessions {a.sessions} --per-node {a.per_node} --per-client {a.per_client} --hold {a.hold} "
+           f"--pairs {a.pairs} --parser {a.parser} --tables {a.tables}`; {res['m']} Megaphone nodes (`--threads 1`) and "
+           f"{res.get('c', res['m'])} `megaphone-load` processes; mod_megaphone `parser: {a.parser}`, hibernate_after "
+           "the module's default; the login tables' storage: "
+           + ", ".join(f"{t} {v}" for t, v in res.get("tables", {}).items())
+           + (" before --tables disc_copies moved them" if a.tables == "disc_copies" else "") + ".", ""]
     out += ["**Result: " + ("passed" if not failures else "FAILED") + "**", ""]
     for f in failures:
         out.append(f"- {f}")
