@@ -358,3 +358,100 @@ def test_users_spread_over_the_cluster_and_chat_across_it(cluster: ClusterEnv):
     for cl in (la, lb, n1, n2):
         assert cl.finish() == 0
     wait_for(lambda: c.ej1.rpc("ejabberd_sm:connected_users_number().") == 0, 30, "every session to end")
+
+
+def _other_fds(n: MegaphoneNode) -> int:
+    """The node's fds that are not client connections (listeners, epoll, eventfds, distribution)."""
+    return n.fd_count() - n.connections()
+
+
+def test_a_killed_ejabberd_node_ends_only_its_sessions(cluster: ClusterEnv):
+    c = cluster
+    victim, survivor = c.ej2, c.ej1
+    other0 = {n.node: _other_fds(n) for n in c.nodes}   # no client yet
+    load = c.load()
+    n_all = N_MP + N_NATIVE
+    on_victim = set(c.local_users(victim))
+    on_survivor = set(c.local_users(survivor))
+    assert len(on_victim) + len(on_survivor) == n_all and on_victim and len(on_survivor) > N_NATIVE
+    survivors_c2s = survivor.rpc("[list_to_binary(pid_to_list(P)) || {_, {P, _}} <- "
+                                 "maps:to_list(element(5, sys:get_state(mod_megaphone, 5000)))].")
+    idx = {cl.user: k for k, cl in enumerate(load.clients)}
+    losses0 = [cl.losses for cl in load.clients]
+    closed0 = {n.node: n.stats()["closed"].get("node_down", 0) for n in c.nodes}
+    per0 = {n.node: c.per_node(n) for n in c.nodes}
+    loop = ConnectLoop([c.port(c.a), c.port(c.b)])
+    noticed: dict[str, float] = {}
+    try:
+        wait_for(lambda: loop.attempts >= 10, 30, "the connect loop to run")
+        t0 = time.monotonic()
+        victim.kill()   # SIGKILL the beam, by PID
+
+        def dropped() -> bool:
+            for n in c.nodes:
+                if n.node not in noticed:
+                    st = n.stats(timeout=2)
+                    if st["controllers"] == 1 and victim.node not in {str(k) for k in st["controller_nodes"]}:
+                        noticed[n.node] = time.monotonic() - t0
+            return len(noticed) == 2
+        wait_for(dropped, 30, "both Megaphone nodes to drop the killed ejabberd node", interval=0.1,
+                 on_timeout=c.logs)
+        wait_for(lambda: load.online() == n_all, 60, "every client logged in again", interval=0.1,
+                 on_timeout=lambda: load.offline_summary() + "\n" + c.logs())
+        back = time.monotonic() - t0
+        # the loop covers the whole span: from before the kill to after every client is back
+        n = loop.attempts
+        wait_for(lambda: loop.attempts >= n + 10, 30, "the connect loop to run on")
+    finally:
+        loop.stop()
+    print(f"kill: noticed by the Megaphone nodes after {', '.join(f'{v:.2f}s' for v in noticed.values())}; "
+          f"{len(on_victim)} clients of the killed node, all {n_all} logged in again {back:.2f}s after the kill; "
+          f"connect loop: {loop.attempts} connects, {len(loop.failures)} failures")
+    assert max(noticed.values()) <= TICK, "a killed node's links close at once, well within net_ticktime"
+    assert loop.failures == [], f"the listeners closed: {loop.failures[:5]}"
+    # Only the killed node's sessions ended: its clients lost their connection once, the others never.
+    for user in on_survivor:
+        assert load.clients[idx[user]].losses == losses0[idx[user]], f"{user} on the survivor was cut off"
+    for user in on_victim:
+        assert load.clients[idx[user]].losses == losses0[idx[user]] + 1, f"{user} lost {load.clients[idx[user]].losses}"
+    for n in c.nodes:
+        assert n.stats()["closed"].get("node_down", 0) - closed0[n.node] == per0[n.node][victim.node]
+    assert len(survivors_c2s) == len(on_survivor) - N_NATIVE
+    ended = survivor.rpc("[P || S <- [" + ",".join(f'"{p.decode()}"' for p in survivors_c2s)
+                         + "], P <- [list_to_pid(S)], not is_process_alive(P)].")
+    assert ended == [], "sessions of the surviving node ended"
+
+    # Everything is on the survivor, one session, c2s and mod_megaphone entry per client, one
+    # Megaphone connection per Megaphone client, and no fd beyond them (the killed node's link gone).
+    want = {"sm": n_all, "c2s": n_all, "mp_sessions": N_MP, "mp_monitors": N_MP}
+    got: dict = {}
+
+    def settled() -> bool:
+        got.clear()
+        got.update(c.counts(survivor))
+        got["connections"] = [n.connections() for n in c.nodes]
+        got["per_node"] = [c.per_node(n) for n in c.nodes]
+        got["other_fds"] = [_other_fds(n) for n in c.nodes]
+        return (all(got[k] == v for k, v in want.items()) and sum(got["connections"]) == N_MP
+                and all(p == {survivor.node: k} for p, k in zip(got["per_node"], got["connections"]))
+                and got["other_fds"] == [other0[n.node] - 1 for n in c.nodes])
+    try:
+        wait_for(settled, 20, "the survivor and the Megaphone nodes to settle", interval=0.5)
+    except TimeoutError:
+        pytest.fail(f"leak or missing sessions: want {want}, {N_MP} connections and "
+                    f"{[other0[n.node] - 1 for n in c.nodes]} other fds; got {got}\n{c.logs()}", pytrace=False)
+    assert set(c.local_users(survivor)) == on_victim | on_survivor
+    assert load.round(timeout=30) == []
+
+    # Restarted, the node rejoins the cluster and is a controller again; the fds are as before the
+    # kill, and (least_sessions) the next logins go to it until it holds as many as the survivor.
+    t1 = time.monotonic()
+    victim.start()
+    wait_for(c.attached, 60, "the restarted node to be attached again", on_timeout=c.logs)
+    print(f"restarted ejabberd node attached again after {time.monotonic() - t1:.1f}s")
+    for n in c.nodes:
+        wait_for(lambda: _other_fds(n) == other0[n.node], 10, f"{n.node}'s fds back to baseline + clients")
+    extra = c.load_client(c.port(c.a), 201, 20)
+    assert extra.login()["logged_in"] == 20
+    assert sorted(c.local_users(victim)) == sorted(f"xb{i}" for i in range(201, 221))
+    assert extra.finish() == 0
