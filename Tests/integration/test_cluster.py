@@ -455,3 +455,189 @@ def test_a_killed_ejabberd_node_ends_only_its_sessions(cluster: ClusterEnv):
     assert extra.login()["logged_in"] == 20
     assert sorted(c.local_users(victim)) == sorted(f"xb{i}" for i in range(201, 221))
     assert extra.finish() == 0
+
+
+def test_a_disagreeing_controller_gets_config_mismatch_and_the_first_config_stays(cluster: ClusterEnv):
+    """A third Megaphone node that ej1 configures with one port and ej2 with another (a cluster whose
+    ejabberd.yml files differ): ej1 attaches it first; ej2's `start` is refused with
+    config_mismatch, logged on both sides, and the node keeps ej1's listener and serves clients."""
+    c = cluster
+    first, second = c.ej1, c.ej2
+    n = MegaphoneNode(c.base / "nodes", first.cookie, first.helper, name=unique("mpcl_c_"),
+                      extra_args=["--net-ticktime", str(TICK)])
+    p1, p2 = free_port(), free_port()
+    n.start()
+    c.extra.append(n)
+    try:
+        first.megaphone_nodes[n.node] = p1
+        first._write_config()
+        first.ctl("reload_config")
+        wait_for(lambda: n.stats(timeout=2)["controllers"] == 1 and can_connect(p1), 30,
+                 "the first ejabberd node to attach the third node", on_timeout=c.logs)
+        second.megaphone_nodes[n.node] = p2
+        second._write_config()
+        second.ctl("reload_config")
+        wait_for(lambda: "set the same mod_megaphone options on every node of the cluster"
+                 in second.log_path.read_text(errors="replace"), 30,
+                 "ejabberd's config_mismatch error on the second node", on_timeout=c.logs)
+        wait_for(lambda: "Refused a start that asks for another configuration" in n.log_path.read_text(errors="replace"),
+                 10, "the node's warning")
+        err = [line for line in second.log_path.read_text(errors="replace").splitlines()
+               if "set the same mod_megaphone options" in line][0]
+        assert "[error]" in err and n.node in err and "listen" in err, err
+        warn = [line for line in n.log_path.read_text(errors="replace").splitlines()
+                if "Refused a start" in line][0]
+        assert "listen" in warn and second.node.split("@")[0] in warn, warn
+        print(f"ejabberd: {err[:400]}\nnode: {warn[:400]}")
+        st = n.stats()
+        assert st["controllers"] == 1 and {str(k) for k in st["controller_nodes"]} == {first.node}
+        assert sorted(port for _t, _ip, port in st["listeners"]) == [p1]
+        assert not can_connect(p2)
+        status = {line.split("\t")[0]: line.split("\t")[1] for line in
+                  second.ctl("megaphone_status").stdout.splitlines() if line.strip()}
+        assert status[n.node] != "started" and status[c.a.node] == "started"
+        cl = c.load_client(p1, 1, 3)
+        assert cl.login()["logged_in"] == 3
+        assert sorted(c.local_users(first)) == ["xb1", "xb2", "xb3"]
+        assert cl.finish() == 0
+    finally:
+        for ej in (second, first):
+            if ej.megaphone_nodes.pop(n.node, None) is not None:
+                ej._write_config()
+                ej.ctl("reload_config")
+
+
+def test_a_rolling_restart_of_the_cluster_never_closes_a_listener(cluster: ClusterEnv):
+    """ejabberdctl stop and start of each ejabberd node in turn, under load and a connect loop: the
+    stopping node's mod_megaphone detaches from both Megaphone nodes, which keep their listeners for
+    the other; its clients move to the other node and the others are not touched."""
+    c = cluster
+    load = c.load(native_on=c.ej1)
+    idx = {cl.user: k for k, cl in enumerate(load.clients)}
+    both = sorted(e.node for e in c.ejs)
+    loop = ConnectLoop([c.port(c.a), c.port(c.b)])
+    figures = []
+    try:
+        wait_for(lambda: loop.attempts >= 10, 30, "the connect loop to run")
+        for ej, other in ((c.ej1, c.ej2), (c.ej2, c.ej1)):
+            on_other = set(c.local_users(other))
+            on_ej = set(c.local_users(ej))
+            losses0 = [cl.losses for cl in load.clients]
+            t0 = time.monotonic()
+            ej.restart()
+            t_up = time.monotonic() - t0
+            wait_for(lambda: c.running_db_nodes(other) == both, 60, f"{ej.node} to rejoin the cluster")
+            wait_for(c.attached, 60, f"{ej.node} to be attached again", on_timeout=c.logs)
+            wait_for(lambda: load.online() == len(load.clients), 60, "every client logged in again",
+                     interval=0.2, on_timeout=lambda: load.offline_summary() + "\n" + c.logs())
+            figures.append(f"{ej.node}: restarted in {t_up:.1f}s, attached and every client back after "
+                           f"{time.monotonic() - t0:.1f}s, {len(on_ej)} clients moved")
+            for user in on_other:
+                assert load.clients[idx[user]].losses == losses0[idx[user]], f"{user} of {other.node} was cut off"
+            assert set(c.local_users(other)) == on_ej | on_other
+        n = loop.attempts
+        wait_for(lambda: loop.attempts >= n + 10, 30, "the connect loop to run on")
+    finally:
+        loop.stop()
+    print("rolling restart: " + "; ".join(figures) + f"; connect loop: {loop.attempts} connects, "
+          f"{len(loop.failures)} failures")
+    assert loop.failures == [], f"no listener at some moment: {loop.failures[:5]}"
+    wait_for(lambda: sum(nd.connections() for nd in c.nodes) == N_MP, 20, "one connection per Megaphone client")
+    assert load.round(timeout=30) == []
+
+
+def test_a_frozen_ejabberd_node_is_dropped_and_the_other_keeps_chatting(cluster: ClusterEnv):
+    c = cluster
+    victim, survivor = c.ej2, c.ej1
+    load = c.load()
+    idx = {cl.user: k for k, cl in enumerate(load.clients)}
+    on_survivor = set(c.local_users(survivor))
+    on_victim = set(c.local_users(victim))
+    assert on_victim and len(on_survivor) > N_NATIVE
+    # pairs of clients that both live on the survivor: through a, through b and native, mixed
+    ks = sorted(idx[u] for u in on_survivor)
+    pairs = [(ks[i], ks[(i + 7) % len(ks)]) for i in range(len(ks))]
+    normal = timed_messages(load, pairs, 3)
+    losses0 = [cl.losses for cl in load.clients]
+    ticks0 = {n.node: n.stats()["net_tick_timeouts"] for n in c.nodes}
+    pid = victim.beam_pid()
+    noticed: dict[str, float] = {}
+    stop_watch = threading.Event()
+
+    def watch() -> None:
+        while not stop_watch.is_set() and len(noticed) < 2:
+            for n in c.nodes:
+                if n.node not in noticed:
+                    try:
+                        if n.stats(timeout=2)["controllers"] == 1:
+                            noticed[n.node] = time.monotonic() - t0
+                    except Exception:  # noqa: BLE001 - the next poll tells
+                        pass
+            stop_watch.wait(0.1)
+
+    frozen_for = 2 * TICK + 2   # past the Megaphone nodes' and ejabberd's net_ticktime (up to 1.25 T)
+    watcher = threading.Thread(target=watch, daemon=True)
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        watcher.start()
+        during = timed_messages(load, pairs, frozen_for)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        stop_watch.set()
+        watcher.join(10)
+    frozen = time.monotonic() - t0
+    print(f"freeze {frozen:.1f}s: dropped by the Megaphone nodes after "
+          f"{', '.join(f'{v:.2f}s' for v in noticed.values())}; latency between clients of the other node: "
+          f"before {_ms(normal)}; during {_ms(during)}")
+    assert len(noticed) == 2, f"the frozen node was not dropped by both Megaphone nodes: {noticed}\n{c.logs()}"
+    assert max(noticed.values()) <= 1.25 * TICK + 2
+    for n in c.nodes:
+        assert n.stats()["net_tick_timeouts"] - ticks0[n.node] == 1, "dropped for silence"
+    # The other node's clients chatted throughout: every message delivered, none slow.
+    assert all(x != float("inf") for x in during), f"{sum(x == float('inf') for x in during)} messages lost"
+    assert _percentile(during, 0.99) < 1.0
+    for user in on_survivor:
+        assert load.clients[idx[user]].losses == losses0[idx[user]], f"{user} on the other node was cut off"
+    # The frozen node's clients were cut off by the Megaphone nodes and are back, on the other node.
+    wait_for(lambda: load.online() == len(load.clients), 60, "every client logged in again", interval=0.2,
+             on_timeout=lambda: load.offline_summary() + "\n" + c.logs())
+    for user in on_victim:
+        assert load.clients[idx[user]].losses >= losses0[idx[user]] + 1
+
+    # After SIGCONT. The node finds its links to the Megaphone nodes and to the other ejabberd node
+    # closed (it was dropped by net_ticktime): its Megaphone sessions ended (monitor_node), and its
+    # mod_megaphone connects and sends `start` again, so both Megaphone nodes attach it at once. Its
+    # Mnesia, though, ran partitioned from the other's: each has only itself running (and both log
+    # `inconsistent_database, running_partitioned_network` once the nodes meet again); ejabberd 23.01
+    # does not merge them, so sessions on one are
+    # invisible to the other. Decided: nothing in Megaphone can heal that. A plain restart of the
+    # thawed node does not either: its Mnesia then reports `starting_partitioned_network` and
+    # ejabberd waits for its tables forever. The operator tells it to load every table from the
+    # other node (mnesia:set_master_nodes/1, kept on disk), restarts it, and clears the setting.
+    t1 = time.monotonic()
+    wait_for(c.attached, 60, "the thawed node to be attached again", on_timeout=c.logs)
+    print(f"thawed node attached again after {time.monotonic() - t1:.1f}s")
+    wait_for(lambda: c.counts(victim) == {"sm": 0, "c2s": 0, "mp_sessions": 0, "mp_monitors": 0}, 20,
+             "no session left on the thawed node", on_timeout=c.logs)
+    assert c.running_db_nodes(victim) == [victim.node] and c.running_db_nodes(survivor) == [survivor.node]
+    assert victim.rpc(f"mnesia:set_master_nodes(['{survivor.node}']).") == "ok"
+    victim.restart()
+    assert victim.rpc("mnesia:set_master_nodes([]).") == "ok"
+    both = sorted(e.node for e in c.ejs)
+    wait_for(lambda: c.running_db_nodes(survivor) == both, 60, "the restarted node to rejoin the cluster")
+    wait_for(c.attached, 60, "the restarted node to be attached again", on_timeout=c.logs)
+    # It takes the next logins (least_sessions), and they chat with the other node's users.
+    extra = c.load_client(c.port(c.b), 201, 10)
+    assert extra.login()["logged_in"] == 10
+    assert sorted(c.local_users(victim)) == sorted(f"xb{i}" for i in range(201, 211))
+    assert load.round(timeout=30) == []
+    # both ways between a user on the restarted node and a native user of the other
+    native = c.load_client(survivor.c2s_port, 221, 1)
+    assert native.login()["logged_in"] == 1
+    extra.command("send 201 221 to-the-survivor")
+    native.command("send 221 202 to-the-restarted")
+    assert native.expect("got", where=lambda d: d["token"] == "to-the-survivor")["from"] == 201
+    assert extra.expect("got", where=lambda d: d["token"] == "to-the-restarted")["to"] == 202
+    assert native.finish() == 0
+    assert extra.finish() == 0
