@@ -13,11 +13,13 @@ net_ticktime (TICK) as in test_faults.py, so that a frozen node is dropped withi
     connections, fds); restarted, the node is a controller again and takes the next logins;
   * SIGSTOP of one ejabberd node for longer than TICK: the other node's clients keep chatting (p99
     latency bound), the frozen node is dropped by net_ticktime and its clients land on the other;
-    after SIGCONT it is attached again as a controller, see test_frozen_node... for what happens
-    to its Mnesia (a partition ejabberd 23.01 does not heal: it is restarted, as an operator must);
+    after SIGCONT it is attached again as a controller at once, but its Mnesia is partitioned from
+    the other's (ejabberd 23.01 does not heal that): the test heals it as an operator must and
+    checks that it rejoins (see the comments in the test). It runs last;
   * a third Megaphone node that the two ejabberd nodes configure with different listeners: the
     second `start` gets config_mismatch (in both logs), the first configuration is kept;
-  * a rolling restart of both ejabberd nodes under a connect loop: no refusal at any moment.
+  * a rolling restart of both ejabberd nodes under load and a connect loop: no refusal at any
+    moment, the clients of the node not being restarted are not touched.
 
 Runs in the suite's parser mode (MEGAPHONE_PARSER); `scripts/test-integration -k test_cluster`.
 """
@@ -613,8 +615,8 @@ def test_a_frozen_ejabberd_node_is_dropped_and_the_other_keeps_chatting(cluster:
     # `inconsistent_database, running_partitioned_network` once the nodes meet again); ejabberd 23.01
     # does not merge them, so sessions on one are
     # invisible to the other. Decided: nothing in Megaphone can heal that. A plain restart of the
-    # thawed node does not either: its Mnesia then reports `starting_partitioned_network` and
-    # ejabberd waits for its tables forever. The operator tells it to load every table from the
+    # thawed node did not either (its Mnesia reported `starting_partitioned_network` and ejabberd
+    # had not started 60 s later, waiting for its tables). The operator tells it to load every table from the
     # other node (mnesia:set_master_nodes/1, kept on disk), restarts it, and clears the setting.
     t1 = time.monotonic()
     wait_for(c.attached, 60, "the thawed node to be attached again", on_timeout=c.logs)
