@@ -623,7 +623,9 @@ def test_a_frozen_ejabberd_node_is_dropped_and_the_other_keeps_chatting(cluster:
     print(f"thawed node attached again after {time.monotonic() - t1:.1f}s")
     wait_for(lambda: c.counts(victim) == {"sm": 0, "c2s": 0, "mp_sessions": 0, "mp_monitors": 0}, 20,
              "no session left on the thawed node", on_timeout=c.logs)
-    assert c.running_db_nodes(victim) == [victim.node] and c.running_db_nodes(survivor) == [survivor.node]
+    # (a wait: the thawed node's Mnesia may not have handled its nodedown yet)
+    wait_for(lambda: c.running_db_nodes(victim) == [victim.node] and c.running_db_nodes(survivor) == [survivor.node],
+             20, "each ejabberd node's Mnesia to run alone (partitioned)", on_timeout=c.logs)
     assert victim.rpc(f"mnesia:set_master_nodes(['{survivor.node}']).") == "ok"
     victim.restart()
     assert victim.rpc("mnesia:set_master_nodes([]).") == "ok"
