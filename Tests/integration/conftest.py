@@ -336,7 +336,7 @@ def pytest_runtest_makereport(item, call):
     if rep.failed:
         _failed = True
         funcargs = item.funcargs if hasattr(item, "funcargs") else {}
-        env = funcargs.get("env") or funcargs.get("tls_env")
+        env = funcargs.get("env") or funcargs.get("tls_env") or funcargs.get("cluster")
         if env is not None:
             try:
                 rep.sections.append(("megaphone / ejabberd logs", env.logs()))

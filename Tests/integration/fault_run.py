@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from faults import FAULTS, World, format_results, memory_verdict, plan  # noqa: E402
+from faults import CLUSTER_FAULTS, FAULTS, ClusterWorld, World, format_results, memory_verdict, plan  # noqa: E402
 
 
 def main() -> int:
@@ -31,24 +31,29 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=900, help="start no fault after this (default 900)")
     ap.add_argument("--ticktime", type=int, default=6, help="net_ticktime of every node, s (default 6)")
     ap.add_argument("--seed", type=int, default=None, help="seed (default: random, printed)")
-    ap.add_argument("--faults", default=",".join(FAULTS), help="comma-separated subset of " + ",".join(FAULTS))
+    ap.add_argument("--faults", default=None, help="comma-separated subset of " + ",".join(FAULTS)
+                    + " (with --cluster: of " + ",".join(CLUSTER_FAULTS) + "); default: all of them")
+    ap.add_argument("--cluster", action="store_true",
+                    help="two ejabberd nodes in one cluster sharing the Megaphone node; faults hit the second")
     ap.add_argument("--mp-rss-tolerance", type=float, default=0.25, help="node RSS growth allowed (0.25)")
     ap.add_argument("--ej-rss-tolerance", type=float, default=0.25, help="beam RSS growth allowed (0.25)")
     ap.add_argument("--keep", action="store_true", help="keep the temp tree")
     args = ap.parse_args()
     seed = args.seed if args.seed is not None else secrets.randbelow(1 << 31)
     native = args.native if args.native is not None else max(1, args.clients // 5)
-    faults = [f for f in args.faults.split(",") if f]
-    unknown = set(faults) - set(FAULTS)
+    known = CLUSTER_FAULTS if args.cluster else FAULTS
+    faults = [f for f in (args.faults or ",".join(known)).split(",") if f]
+    unknown = set(faults) - set(known)
     if unknown:
         ap.error(f"unknown faults: {sorted(unknown)}")
     print(f"fault-run: seed {seed}, {args.cycles} cycles, {args.clients} Megaphone + {native} native clients, "
-          f"net_ticktime {args.ticktime}s, at most {args.seconds:.0f}s", flush=True)
+          f"net_ticktime {args.ticktime}s, at most {args.seconds:.0f}s"
+          f"{', a 2-node ejabberd cluster' if args.cluster else ''}", flush=True)
     rng = random.Random(seed)
     base = Path(tempfile.mkdtemp(prefix="megaphone-faults-"))
     os.chmod(base, 0o755)
     t_start = time.monotonic()
-    world = World(base, args.clients, native, args.ticktime, seed,
+    world = (ClusterWorld if args.cluster else World)(base, args.clients, native, args.ticktime, seed,
                   log=lambda m: print(f"[{time.monotonic() - t_start:7.1f}s] {m}", flush=True))
     ok = False
     try:

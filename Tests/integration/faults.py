@@ -161,10 +161,7 @@ class World:
         return "\n".join([self.ej.logs_tail(60), self.mp.logs_tail(40)])
 
     # ---- observations
-    def ej_counts(self) -> dict:
-        """Sessions in ejabberd_sm, live c2s processes, mod_megaphone's session and monitor tables and
-        its per-node session count."""
-        return self.ej.rpc("""
+    COUNTS_EXPR = """
             C2S = length([P || P <- erlang:processes(),
                                case catch proc_lib:initial_call(P) of
                                    {xmpp_stream_in, init, _} -> true;
@@ -176,8 +173,12 @@ class World:
             %% reports them (mod_megaphone:status/0)
             #{sm => length(ejabberd_sm:dirty_get_my_sessions_list()), c2s => C2S,
               mp_sessions => map_size(element(5, S)), mp_monitors => map_size(element(6, S)),
-              mp_status_sessions => lists:sum([N || #{sessions := N} <- mod_megaphone:status()])}.""",
-                           timeout=20)
+              mp_status_sessions => lists:sum([N || #{sessions := N} <- mod_megaphone:status()])}."""
+
+    def ej_counts(self) -> dict:
+        """Sessions in ejabberd_sm, live c2s processes, mod_megaphone's session and monitor tables and
+        its per-node session count."""
+        return self.ej.rpc(self.COUNTS_EXPR, timeout=20)
 
     def mp_stats(self) -> dict:
         return self.mp.stats(timeout=5)
@@ -495,3 +496,177 @@ def format_results(world: World) -> str:
         lines.append(f"{r.fault:21s} {det} {bnd} {r.recover_s:7.1f}s  {r.losses_mp:5d}/{r.losses_native:<5d}    {r.note}")
     return "\n".join(lines)
 
+
+
+# ---- an ejabberd cluster (issue 15) --------------------------------------------------------
+
+CLUSTER_FAULTS = ["kill_cluster_node", "stop_cluster_node_long"]
+
+
+@dataclass
+class ClusterWorld(World):
+    """Two ejabberd nodes joined into one cluster (`join_cluster`), one Megaphone node listed in both
+    (two controllers), the Megaphone clients spread over both ejabberd nodes by least_sessions and
+    the native clients on the first. The faults hit the second ejabberd node only; World.check()
+    holds with every count summed over the cluster's nodes.
+
+      kill_cluster_node       SIGKILL the second beam: the node closes only the clients it owned
+                              (bound 5 s), keeps its listeners, its clients land on the first; restart
+      stop_cluster_node_long  SIGSTOP it for 1.5 T + 2 s: the node drops it for silence (bound T + 2 s)
+                              with the same outcome; after SIGCONT its Mnesia is partitioned from the
+                              first's (ejabberd 23.01 does not merge them), so it is healed as an
+                              operator must (mnesia:set_master_nodes([First]), restart, clear)
+    """
+    ej2: Ejabberd | None = None
+    # A frozen node's partition as Mnesia reports it once the nodes meet again, and the late lock
+    # grants that ejabberd's router gets for transactions that gave up on the frozen node meanwhile
+    # (`ejabberd_router_mnesia ... Unexpected info: {mnesia_locker, Node, granted}`): ejabberd's.
+    EXPECTED_ERRORS = ("not responding", "inconsistent_database", "{mnesia_locker,")
+
+    def start(self) -> None:
+        cookie = secrets.token_hex(16)
+        name = unique("mpcf_")
+        self.port = free_port()
+        nodes = {f"{name}@localhost": self.port}
+        self.ej = Ejabberd(self.base, nodes, cookie=cookie, connect_retry=1, net_ticktime=self.ticktime)
+        self.ej2 = Ejabberd(self.base, nodes, cookie=cookie, connect_retry=1, net_ticktime=self.ticktime)
+        self.mp = MegaphoneNode(self.base / "nodes", cookie, self.ej.helper, name=name,
+                                extra_args=["--net-ticktime", str(self.ticktime)])
+        self.mp.start()
+        self.ej.start()
+        self.ej2.start()
+        self.ej2.ctl("join_cluster", self.ej.node, timeout=120)
+        self._wait_attached("the cluster's nodes to attach the node")
+        total = self.n_mp + self.n_native
+        natives = {k * total // self.n_native for k in range(self.n_native)} if self.n_native else set()
+        users = [(f"cf{i}_{secrets.token_hex(3)}", secrets.token_urlsafe(9)) for i in range(total)]
+        specs = [ClientSpec(u, p, self.ej.c2s_port, "native") if i in natives else
+                 ClientSpec(u, p, self.port, "megaphone") for i, (u, p) in enumerate(users)]
+        self.ej.rpc("[ok = ejabberd_auth:try_register(U, <<\"localhost\">>, P) || {U, P} <- "
+                    + "[" + ",".join(f"{{{binary(u)}, {binary(p)}}}" for u, p in users) + "]], ok.",
+                    timeout=120)
+        self.load = Load(specs, seed=self.seed)
+        self.load.start()
+        self.baseline = self.check("baseline", deadline=120)
+        self.log(f"baseline: {self.describe(self.baseline)}; on the second node: {self._owned_by_ej2()}")
+
+    def stop(self) -> None:
+        super().stop()
+        if self.ej2 is not None:
+            try:
+                self.ej2.cleanup()
+            except Exception as e:  # noqa: BLE001
+                self.log(f"cleanup of {self.ej2!r}: {e!r}")
+
+    def logs(self) -> str:
+        return "\n".join([self.ej.logs_tail(40), self.ej2.logs_tail(40), self.mp.logs_tail(40)])
+
+    def log_problems(self) -> list[str]:
+        """World's, plus the second ejabberd node's error.log."""
+        out = super().log_problems()
+        try:
+            text = self.ej2.error_log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return out
+        return out + [line.strip() for line in text.splitlines()
+                      if any(m in line for m in ("[error]", "[critical]"))
+                      and not any(e in line for e in self.EXPECTED_ERRORS)]
+
+    def _wait_attached(self, what: str) -> None:
+        wait_for(lambda: self.mp_stats()["controllers"] == 2, 60, what, interval=0.2, on_timeout=self.logs)
+
+    def _owned_by_ej2(self) -> int:
+        per = {str(k): v["connections"] for k, v in self.mp_stats()["controller_nodes"].items()}
+        return per.get(self.ej2.node, 0)
+
+    def ej_counts(self) -> dict:
+        total: dict = {}
+        for ej in (self.ej, self.ej2):
+            for k, v in ej.rpc(self.COUNTS_EXPR, timeout=20).items():
+                total[str(k)] = total.get(str(k), 0) + v
+        return total
+
+    def _cluster_fault(self, freeze: bool):
+        owned, node_down0 = self._owned_by_ej2(), self.mp_stats()["closed"]["node_down"]
+        if owned == 0:
+            raise FaultCheckFailed("no client on the second ejabberd node before the fault")
+        # the first node's clients, with their losses so far: none may be cut off
+        on_first = {u.decode() for u in self.ej.rpc(
+            "[element(1, element(3, S)) || S <- ejabberd_sm:dirty_get_my_sessions_list()].", timeout=20)}
+        kept = {c.user: c.losses for c in self.load.clients if c.user in on_first}
+        loop_failures: list[str] = []
+        stop_loop = threading.Event()
+
+        def connect_loop() -> None:
+            while not stop_loop.is_set():
+                try:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=5):
+                        pass
+                except OSError as e:
+                    loop_failures.append(repr(e))
+                stop_loop.wait(0.1)
+        loop = threading.Thread(target=connect_loop, daemon=True)
+        loop.start()
+        pid, t0 = self.ej2.beam_pid(), time.monotonic()
+        bound = self.ticktime + 2 if freeze else 5.0
+        try:
+            if freeze:
+                os.kill(pid, signal.SIGSTOP)
+                try:
+                    wait_for(lambda: self.mp_stats()["closed"]["node_down"] - node_down0 >= owned, bound + 10,
+                             "the node to drop the frozen ejabberd node", interval=0.1, on_timeout=self.logs)
+                    d = time.monotonic() - t0
+                    left = self._long() - d
+                    if left > 0:
+                        time.sleep(left)  # the fault itself: frozen past its own ticktime too
+                finally:
+                    os.kill(pid, signal.SIGCONT)
+                # healed as an operator must: a plain restart waits for its tables forever
+                self.ej2.rpc(f"ok = mnesia:set_master_nodes(['{self.ej.node}']).", timeout=30)
+                self.ej2.restart()
+                self.ej2.rpc("ok = mnesia:set_master_nodes([]).")
+            else:
+                self.ej2.kill()
+                wait_for(lambda: self.mp_stats()["closed"]["node_down"] - node_down0 >= owned, bound + 10,
+                         "the node to drop the killed ejabberd node", interval=0.1, on_timeout=self.logs)
+                d = time.monotonic() - t0
+                self.ej2.start()
+            self._wait_attached("the second ejabberd node to be attached again")
+        finally:
+            stop_loop.set()
+            loop.join(10)
+        if loop_failures:
+            raise FaultCheckFailed(f"the listener refused connections: {loop_failures[:3]}")
+        cut = [u for u, n in kept.items() if self._client(u).losses != n]
+        if cut:
+            raise FaultCheckFailed(f"{len(cut)} clients of the first node were cut off, e.g. {cut[:3]}")
+        dropped = self.mp_stats()["closed"]["node_down"] - node_down0
+        if dropped != owned:
+            raise FaultCheckFailed(f"the node closed {dropped} connections for node_down, owned {owned}")
+        moved = self._rebalance()
+        return d, bound, (f"{owned} clients of the second node cut off, 0 of the first's {len(kept)}; no "
+                          f"refusal; then {moved} clients dropped by the load to spread them again")
+
+    def _client(self, user: str):
+        return next(c for c in self.load.clients if c.user == user)
+
+    def _rebalance(self) -> int:
+        """Every Megaphone client is on the first node now (they logged in again while the second was
+        away): half of them hang up, log in again and, by least_sessions, land on the second node, so
+        that the next fault has clients to cut off."""
+        wait_for(lambda: self.load.online() == self.load.count(), 90, "every client logged in again",
+                 interval=0.2, on_timeout=lambda: self.load.offline_summary() + "\n" + self.logs())
+        victims = [c for c, k in zip(self.load.clients, self.load.kinds) if k == "megaphone"][::2]
+
+        async def drop() -> None:
+            for c in victims:
+                if c.writer is not None:
+                    c.writer.transport.abort()
+        self.load._call(drop(), 10)
+        return len(victims)
+
+    def _kill_cluster_node(self):
+        return self._cluster_fault(freeze=False)
+
+    def _stop_cluster_node_long(self):
+        return self._cluster_fault(freeze=True)
