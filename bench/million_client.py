@@ -1,4 +1,6 @@
-"""One `megaphone-load` process (Sources/megaphone-load) driven over its line protocol:
+"""One `megaphone-load` process (Sources/megaphone-load) driven over its line protocol, for a run
+of a hundred of them (the tests' harness.load_client.LoadClient keeps every line; this keeps only
+the counts, the tokens received and the replies waited for):
 commands on stdin, one event per line on stdout ("kind key=value ..."). A reader thread keeps the
 latest progress, the tokens of received chat messages and the replies the caller waits for."""
 from __future__ import annotations
@@ -11,27 +13,14 @@ import time
 from collections import deque
 from pathlib import Path
 
+from harness.load_client import parse_line
+
 
 def parse_event(line: str) -> tuple[str, dict]:
-    """"progress t=1.5 logged_in=3" -> ("progress", {"t": 1.5, "logged_in": 3}); values that are
-    not numbers stay strings."""
-    parts = line.split()
-    if not parts:
-        return "", {}
-    kind, fields = parts[0], {}
-    for p in parts[1:]:
-        k, sep, v = p.partition("=")
-        if not sep:
-            fields.setdefault("_args", []).append(p)
-            continue
-        try:
-            fields[k] = int(v)
-        except ValueError:
-            try:
-                fields[k] = float(v)
-            except ValueError:
-                fields[k] = v
-    return kind, fields
+    """"progress t=1.5 logged_in=3" -> ("progress", {"t": "1.5", "logged_in": 3}): the harness's
+    parser of the same protocol (Tests/integration/harness/load_client.py), split."""
+    fields = parse_line(line.strip())
+    return fields.pop("event", ""), fields
 
 
 class LoadClient:

@@ -161,24 +161,10 @@ class World:
         return "\n".join([self.ej.logs_tail(60), self.mp.logs_tail(40)])
 
     # ---- observations
-    COUNTS_EXPR = """
-            C2S = length([P || P <- erlang:processes(),
-                               case catch proc_lib:initial_call(P) of
-                                   {xmpp_stream_in, init, _} -> true;
-                                   {megaphone_c2s, init, _} -> true;
-                                   _ -> false
-                               end]),
-            S = sys:get_state(mod_megaphone, 5000),
-            %% #state{sessions (5), monitors (6)}; the per-node counts as megaphone_status
-            %% reports them (mod_megaphone:status/0)
-            #{sm => length(ejabberd_sm:dirty_get_my_sessions_list()), c2s => C2S,
-              mp_sessions => map_size(element(5, S)), mp_monitors => map_size(element(6, S)),
-              mp_status_sessions => lists:sum([N || #{sessions := N} <- mod_megaphone:status()])}."""
-
     def ej_counts(self) -> dict:
         """Sessions in ejabberd_sm, live c2s processes, mod_megaphone's session and monitor tables and
         its per-node session count."""
-        return self.ej.rpc(self.COUNTS_EXPR, timeout=20)
+        return self.ej.session_counts()
 
     def mp_stats(self) -> dict:
         return self.mp.stats(timeout=5)
@@ -582,7 +568,7 @@ class ClusterWorld(World):
     def ej_counts(self) -> dict:
         total: dict = {}
         for ej in (self.ej, self.ej2):
-            for k, v in ej.rpc(self.COUNTS_EXPR, timeout=20).items():
+            for k, v in ej.session_counts().items():
                 total[str(k)] = total.get(str(k), 0) + v
         return total
 

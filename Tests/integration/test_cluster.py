@@ -42,7 +42,6 @@ import pytest
 
 import conftest
 from harness.ejabberd import Ejabberd
-from harness.env import XMPP_HOST
 from harness.load_client import LoadClient
 from harness.megaphone_node import MegaphoneNode
 from harness.net import can_connect, free_port
@@ -87,17 +86,8 @@ class ClusterEnv:
 
     def counts(self, ej: Ejabberd) -> dict:
         """Local sessions, live c2s processes, mod_megaphone's session and monitor tables."""
-        return ej.rpc("""
-            C2S = length([P || P <- erlang:processes(),
-                               case catch proc_lib:initial_call(P) of
-                                   {xmpp_stream_in, init, _} -> true;
-                                   {megaphone_c2s, init, _} -> true;
-                                   _ -> false
-                               end]),
-            S = sys:get_state(mod_megaphone, 5000),
-            #{sm => length(ejabberd_sm:dirty_get_my_sessions_list()), c2s => C2S,
-              mp_sessions => map_size(element(5, S)), mp_monitors => map_size(element(6, S))}.""",
-                      timeout=20)
+        c = ej.session_counts()
+        return {k: c[k] for k in ("sm", "c2s", "mp_sessions", "mp_monitors")}
 
     def per_node(self, node: MegaphoneNode) -> dict[str, int]:
         """The Megaphone node's open connections per attached ejabberd node (stats controller_nodes)."""
@@ -260,17 +250,7 @@ def cluster_module():
         wait_for(env.attached, 60, "both ejabberd nodes attached to both Megaphone nodes", on_timeout=env.logs)
         # The join restarts ejabberd (not the beam) on ej2; its controller detaches and comes back.
         ej2.ctl("join_cluster", ej1.node, timeout=120)
-        r = ej1.rpc(f"""
-            Reg = fun Reg(I, Bad) when I > {USERS} -> Bad;
-                      Reg(I, Bad) ->
-                          S = integer_to_binary(I),
-                          case ejabberd_auth:try_register(<<"xb", S/binary>>, <<"{XMPP_HOST}">>, <<"pw", S/binary>>) of
-                              ok -> Reg(I + 1, Bad);
-                              {{error, exists}} -> Reg(I + 1, Bad);
-                              E -> Reg(I + 1, [{{I, E}} | Bad])
-                          end
-                  end,
-            Reg(1, []).""", timeout=120)
+        r = ej1.register_numbered(USERS, timeout=120)
         assert r == [], r
         env.ensure_healthy()
         yield env

@@ -60,17 +60,7 @@ def lenv_module():
 def lenv(lenv_module: LoadEnv) -> LoadEnv:
     lenv_module.ensure_healthy()
     if not getattr(lenv_module, "registered", False):
-        r = lenv_module.ej.rpc(f"""
-            Reg = fun Reg(I, Bad) when I > {USERS} -> Bad;
-                      Reg(I, Bad) ->
-                          S = integer_to_binary(I),
-                          case ejabberd_auth:try_register(<<"xb", S/binary>>, <<"{XMPP_HOST}">>, <<"pw", S/binary>>) of
-                              ok -> Reg(I + 1, Bad);
-                              {{error, exists}} -> Reg(I + 1, Bad);
-                              E -> Reg(I + 1, [{{I, E}} | Bad])
-                          end
-                  end,
-            Reg(1, []).""", timeout=60)
+        r = lenv_module.ej.register_numbered(USERS, timeout=60)
         assert r == [], r
         lenv_module.registered = True
     wait_for(lambda: lenv_module.sessions() == 0, 10, "no session left from an earlier test")

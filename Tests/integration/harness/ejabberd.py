@@ -299,6 +299,43 @@ EJABBERD_BYPASS_WARNINGS=true
         if r != "ok":
             raise HarnessError(f"register {user}: {r!r}")
 
+    def register_numbered(self, n: int, *, prefix: str = "xb", password_prefix: str = "pw",
+                          timeout: float = 600) -> list:
+        """Registers users PREFIX1..PREFIXn (password PASSWORD_PREFIXi; the load clients' and the
+        benches' accounts) in one rpc: a loop that ejabberd evaluates (erl_eval; no code of ours is
+        loaded into it). An existing user counts as registered. Returns [{I, Error}] of the rest."""
+        return self.rpc(f"""
+            Reg = fun Reg(I, Bad) when I > {int(n)} -> Bad;
+                      Reg(I, Bad) ->
+                          S = integer_to_binary(I),
+                          case ejabberd_auth:try_register(<<{binary(prefix)}/binary, S/binary>>, {binary(XMPP_HOST)},
+                                                          <<{binary(password_prefix)}/binary, S/binary>>) of
+                              ok -> Reg(I + 1, Bad);
+                              {{error, exists}} -> Reg(I + 1, Bad);
+                              E -> Reg(I + 1, [{{I, E}} | Bad])
+                          end
+                  end,
+            Reg(1, []).""", timeout=timeout)
+
+    # Local sessions (ejabberd_sm), live c2s processes, mod_megaphone's session and monitor tables
+    # (#state{} fields 5 and 6) and its per-node session count (what megaphone_status reports).
+    SESSION_COUNTS_EXPR = """
+            C2S = length([P || P <- erlang:processes(),
+                               case catch proc_lib:initial_call(P) of
+                                   {xmpp_stream_in, init, _} -> true;
+                                   {megaphone_c2s, init, _} -> true;
+                                   _ -> false
+                               end]),
+            S = sys:get_state(mod_megaphone, 5000),
+            #{sm => length(ejabberd_sm:dirty_get_my_sessions_list()), c2s => C2S,
+              mp_sessions => map_size(element(5, S)), mp_monitors => map_size(element(6, S)),
+              mp_status_sessions => lists:sum([N || #{sessions := N} <- mod_megaphone:status()])}."""
+
+    def session_counts(self) -> dict:
+        """What must agree on this node: sessions, c2s processes and mod_megaphone's tables
+        (SESSION_COUNTS_EXPR)."""
+        return self.rpc(self.SESSION_COUNTS_EXPR, timeout=20)
+
     def user_resources(self, user: str) -> list[bytes]:
         return self.rpc(f"ejabberd_sm:get_user_resources({binary(user)}, {binary(XMPP_HOST)}).")
 
