@@ -133,10 +133,15 @@ class World:
         self.ej.start()
         wait_for(self.mp.listening, 30, "mod_megaphone to attach the node", on_timeout=self.logs)
         wait_for(self.storm.listening, 30, "mod_megaphone to attach the storm node", on_timeout=self.logs)
-        # natives spread evenly, so that the message ring crosses between Megaphone and native clients
+        self._start_load("ft")
+        self.log(f"baseline: {self.describe(self.baseline)}")
+
+    def _start_load(self, prefix: str) -> None:
+        """Registers the clients' users (PREFIXi_...) and starts the load: natives spread evenly,
+        so that the message ring crosses between Megaphone and native clients; then the baseline."""
         total = self.n_mp + self.n_native
         natives = {k * total // self.n_native for k in range(self.n_native)} if self.n_native else set()
-        users = [(f"ft{i}_{secrets.token_hex(3)}", secrets.token_urlsafe(9)) for i in range(total)]
+        users = [(f"{prefix}{i}_{secrets.token_hex(3)}", secrets.token_urlsafe(9)) for i in range(total)]
         specs = [ClientSpec(u, p, self.ej.c2s_port, "native") if i in natives else
                  ClientSpec(u, p, self.port, "megaphone") for i, (u, p) in enumerate(users)]
         self.ej.rpc("[ok = ejabberd_auth:try_register(U, <<\"localhost\">>, P) || {U, P} <- "
@@ -145,7 +150,6 @@ class World:
         self.load = Load(specs, seed=self.seed)
         self.load.start()
         self.baseline = self.check("baseline", deadline=120)
-        self.log(f"baseline: {self.describe(self.baseline)}")
 
     def stop(self) -> None:
         if self.load:
@@ -523,17 +527,7 @@ class ClusterWorld(World):
         self.ej2.start()
         self.ej2.ctl("join_cluster", self.ej.node, timeout=120)
         self._wait_attached("the cluster's nodes to attach the node")
-        total = self.n_mp + self.n_native
-        natives = {k * total // self.n_native for k in range(self.n_native)} if self.n_native else set()
-        users = [(f"cf{i}_{secrets.token_hex(3)}", secrets.token_urlsafe(9)) for i in range(total)]
-        specs = [ClientSpec(u, p, self.ej.c2s_port, "native") if i in natives else
-                 ClientSpec(u, p, self.port, "megaphone") for i, (u, p) in enumerate(users)]
-        self.ej.rpc("[ok = ejabberd_auth:try_register(U, <<\"localhost\">>, P) || {U, P} <- "
-                    + "[" + ",".join(f"{{{binary(u)}, {binary(p)}}}" for u, p in users) + "]], ok.",
-                    timeout=120)
-        self.load = Load(specs, seed=self.seed)
-        self.load.start()
-        self.baseline = self.check("baseline", deadline=120)
+        self._start_load("cf")
         self.log(f"baseline: {self.describe(self.baseline)}; on the second node: {self._owned_by_ej2()}")
 
     def stop(self) -> None:
