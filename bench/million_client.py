@@ -114,7 +114,7 @@ class LoadClient:
         with self.lock:
             return dict(self.got)
 
-    def live_users(self) -> range:
+    def users(self) -> range:
         """The users this process logs in (all of them live once the run's checks passed)."""
         return range(self.first, self.first + self.count)
 
