@@ -13,6 +13,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.parse
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import MEGAPHONE_EBIN, Abort, ErlHelper, MegaphoneNode, atom, free_port, wait_for
+from harness import MEGAPHONE_EBIN, Abort, ErlHelper, MegaphoneNode, atom, free_port, make_test_pki, wait_for
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 SCRAPE_INTERVAL = "1s"
@@ -30,15 +31,18 @@ SCRAPE_INTERVAL = "1s"
 # as client bytes (echoed back by the controller), never answer it with metrics.
 CLIENT_SIZES = [100, 2_000, 30_000, 65_536 + 17, 5]
 CLOSED_BY_CLIENT = 3   # the first three hang up; the rest stay open
+TLS_CLIENTS = 2        # direct TLS clients that complete their handshake and stay open
+TLS_FAILED = 1         # one that sends garbage instead of a ClientHello
 
 # The controller: arms every connection, echoes each chunk and arms again.
 CONTROLLER = """
 Node = {node},
 Parent = self(),
 Pid = spawn(fun() ->
-    {{ok, #{{listeners := [{{tcp, _, Port}}]}}}} =
-        megaphone:start(Node, [{{listen, [{{tcp, {{127,0,0,1}}, 0}}]}}]),
-    Parent ! {{port, Port}},
+    {{ok, #{{listeners := [{{tcp, _, Port}}, {{tls, _, TLSPort}}]}}}} =
+        megaphone:start(Node, [{{listen, [{{tcp, {{127,0,0,1}}, 0}}, {{tls, {{127,0,0,1}}, 0}}]}},
+                               {{certfile, "{certfile}"}}]),
+    Parent ! {{port, {{Port, TLSPort}}}},
     Loop = fun L() ->
         receive
             {{megaphone_connect, _, Id, _, _, _}} ->
@@ -146,11 +150,12 @@ def metrics_setup(tmp_path):
     node = MegaphoneNode(tmp_path / "nodes", cookie, ctl, threads=2,
                          extra_args=["--metrics-listen", f"127.0.0.1:{metrics_port}"])
     prom = Prometheus(tmp_path / "prometheus", f"127.0.0.1:{metrics_port}")
+    pki = make_test_pki(tmp_path / "pki")
     try:
         ctl.start()
         node.start()
         prom.start()
-        yield ctl, node, prom, metrics_port
+        yield ctl, node, prom, metrics_port, pki
     finally:
         prom.stop()
         node.cleanup()
@@ -170,9 +175,10 @@ def echo(sock: socket.socket, payload: bytes) -> bytes:
 
 
 def test_prometheus_scrapes_what_stats_reports(metrics_setup):
-    ctl, node, prom, metrics_port = metrics_setup
-    port = ctl.local(CONTROLLER.format(node=atom(node.node)), timeout=20)
-    assert isinstance(port, int), port
+    ctl, node, prom, metrics_port, pki = metrics_setup
+    ports = ctl.local(CONTROLLER.format(node=atom(node.node), certfile=pki.server.bundle), timeout=20)
+    assert isinstance(ports, tuple), ports
+    port, tls_port = ports
 
     # The endpoint is up for Prometheus before any client (controllers = 1 once start was sent).
     wait_for(lambda: prom.series('up{job="megaphone"}').get(("up",)) == 1.0, 20,
@@ -193,22 +199,42 @@ def test_prometheus_scrapes_what_stats_reports(metrics_setup):
             assert echo(s, payload) == payload, "the clients' listener gives client bytes, never metrics"
         for s in clients[:CLOSED_BY_CLIENT]:
             s.close()
-        open_clients = len(CLIENT_SIZES) - CLOSED_BY_CLIENT
+        tls = ssl.create_default_context(cafile=str(pki.ca))
+        for i in range(TLS_CLIENTS):
+            raw = socket.create_connection(("127.0.0.1", tls_port))
+            s = tls.wrap_socket(raw, server_hostname="localhost")
+            s.settimeout(10)
+            clients.append(s)
+            assert echo(s, b"<tls %d/>" % i) == b"<tls %d/>" % i
+        bad = socket.create_connection(("127.0.0.1", tls_port))
+        clients.append(bad)
+        bad.sendall(b"this is not a ClientHello" * 4)
+        open_tcp = len(CLIENT_SIZES) - CLOSED_BY_CLIENT
+        open_clients = open_tcp + TLS_CLIENTS
         wait_for(lambda: node.stats()["connections"] == open_clients
-                 and node.stats()["closed"]["client_closed"] == CLOSED_BY_CLIENT, 10,
-                 "the node to see the hang-ups")
+                 and node.stats()["closed"]["client_closed"] == CLOSED_BY_CLIENT
+                 and node.stats()["closed"]["tls_error"] == TLS_FAILED, 10,
+                 "the node to see the hang-ups and the failed handshake")
 
         stats = node.stats()
-        total = sum(CLIENT_SIZES)
+        total = sum(CLIENT_SIZES) + sum(len(b"<tls %d/>" % i) for i in range(TLS_CLIENTS))
         # The known numbers, as the node counts them.
-        assert stats["accepted"] == len(CLIENT_SIZES)
+        assert stats["accepted"] == len(CLIENT_SIZES) + TLS_CLIENTS + TLS_FAILED
         assert stats["connections"] == open_clients
+        assert stats["connections_by_transport"] == {"tcp": open_tcp, "starttls": 0, "tls": TLS_CLIENTS}
+        assert stats["tls_handshakes"] == TLS_CLIENTS
         assert stats["bytes_in"] == total
         assert stats["bytes_out"] == total
         assert stats["controllers"] == 1
 
         expected = {
-            ("megaphone_connections",): stats["connections"],
+            ("megaphone_connections", ("transport", "tcp")): open_tcp,
+            ("megaphone_connections", ("transport", "starttls")): 0,
+            ("megaphone_connections", ("transport", "tls")): TLS_CLIENTS,
+            # Every chunk a client sent reached the controller through the distribution link, so each
+            # has its read-to-send time in the histogram.
+            ("megaphone_read_to_send_seconds_count",): stats["chunks_delivered"],
+            ("megaphone_tls_handshakes_total", ("result", "ok")): stats["tls_handshakes"],
             ("megaphone_connections_accepted_total",): stats["accepted"],
             ("megaphone_bytes_received_total",): stats["bytes_in"],
             ("megaphone_bytes_sent_total",): stats["bytes_out"],

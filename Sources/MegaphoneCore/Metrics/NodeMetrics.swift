@@ -28,11 +28,10 @@ public struct NodeMetrics: Sendable {
         self.includeProcess = includeProcess
     }
 
-    /// How `megaphone_tls_handshakes_total{result}` is read from the close reasons: the reactor counts
-    /// no successful handshake (that needs a counter in the reactor, left for after its rewrite), so
-    /// only the ways a handshake ends badly are here. A client that hangs up during its handshake is
-    /// counted as `client_closed`, not here; `starttls_refused` (a STARTTLS listener's client that
-    /// never asked for TLS) never began one.
+    /// How `megaphone_tls_handshakes_total{result}` is read: `ok` from the reactors' count of
+    /// completed handshakes, the ways one ends badly from the close reasons. A client that hangs up
+    /// during its handshake is counted as `client_closed`, not here; `starttls_refused` (a STARTTLS
+    /// listener's client that never asked for TLS) never began one.
     public static let tlsHandshakeResults: [(result: String, reason: CloseReason)] = [
         ("failed", .tlsError),
         ("timeout", .handshakeTimeout),
@@ -44,8 +43,11 @@ public struct NodeMetrics: Sendable {
         func load(_ atomic: borrowing Atomic<Int>) -> MetricValue { .int(atomic.load(ordering: .relaxed)) }
         var families: [MetricFamily] = [
             MetricFamily("megaphone_connections", .gauge,
-                         help: "Open client connections, on every listener, TLS handshakes included (stats: connections).",
-                         value: load(c.connections)),
+                         help: "Open client connections by the transport of the listener that accepted them, "
+                             + "TLS handshakes included (stats: connections_by_transport).",
+                         samples: Transport.allCases.map {
+                             .init(labels: [.init("transport", $0.rawValue)], .int(c.connections(via: $0)))
+                         }),
             MetricFamily("megaphone_connections_accepted_total", .counter,
                          help: "Client connections accepted and admitted (stats: accepted).",
                          value: load(c.accepted)),
@@ -73,11 +75,13 @@ public struct NodeMetrics: Sendable {
                          help: "Client streams the node's parser refused (stats: stream_errors).",
                          value: load(c.streamErrors)),
             MetricFamily("megaphone_tls_handshakes_total", .counter,
-                         help: "TLS handshakes that ended badly, by result: failed (stats: closed.tls_error), "
+                         help: "TLS handshakes by result: ok (stats: tls_handshakes), failed (closed.tls_error), "
                              + "timeout (closed.handshake_timeout), refused (closed.handshake_limit).",
-                         samples: Self.tlsHandshakeResults.map {
-                             .init(labels: [.init("result", $0.result)], .int(c.closedCount($0.reason)))
-                         }),
+                         samples: [.init(labels: [.init("result", "ok")], load(c.tlsHandshakes))]
+                             + Self.tlsHandshakeResults.map {
+                                 .init(labels: [.init("result", $0.result)], .int(c.closedCount($0.reason)))
+                             }),
+            readToSend(),
             MetricFamily("megaphone_dist_queue_bytes", .gauge,
                          help: "Client bytes waiting for the distribution link (stats: dist_queue_bytes).",
                          value: .int(toErlang.queuedBytes)),
@@ -136,6 +140,16 @@ public struct NodeMetrics: Sendable {
         ]
         if includeProcess { families += ProcessMetrics.families() }
         return families
+    }
+
+    /// `megaphone_read_to_send_seconds`: from the reactor turn that read a client's input (a chunk,
+    /// or a parsed batch of elements) to the distribution thread's write of it to ejabberd's node.
+    private func readToSend() -> MetricFamily {
+        let h = counters.readToSend.snapshot()
+        return .histogram("megaphone_read_to_send_seconds",
+                          help: "Seconds from the reactor's read of client input to its send on the distribution link.",
+                          bounds: LatencyHistogram.boundsNanos.map { Double($0) / 1e9 },
+                          cumulative: h.cumulative, sum: Double(h.sumNanos) / 1e9)
     }
 
     /// The exposition text of `families()`.

@@ -5,7 +5,7 @@
 /// anything and are escaped as the format says.
 public struct MetricFamily: Sendable {
     public enum Kind: String, Sendable {
-        case counter, gauge
+        case counter, gauge, histogram
     }
 
     public struct Label: Sendable, Equatable {
@@ -19,10 +19,13 @@ public struct MetricFamily: Sendable {
     }
 
     public struct Sample: Sendable {
+        /// Appended to the family's name: a histogram's `_bucket`, `_sum` and `_count`.
+        public var suffix: String
         public var labels: [Label]
         public var value: MetricValue
 
-        public init(labels: [Label] = [], _ value: MetricValue) {
+        public init(suffix: String = "", labels: [Label] = [], _ value: MetricValue) {
+            self.suffix = suffix
             self.labels = labels
             self.value = value
         }
@@ -41,6 +44,19 @@ public struct MetricFamily: Sendable {
         self.kind = kind
         self.help = help
         self.samples = samples
+    }
+
+    /// A histogram family: cumulative `_bucket{le}` counts (the last is `+Inf`), `_sum` and `_count`.
+    public static func histogram(_ name: String, help: String, bounds: [Double], cumulative: [Int], sum: Double) -> MetricFamily {
+        precondition(cumulative.count == bounds.count + 1, "one count per bound and one for +Inf")
+        var samples = zip(bounds, cumulative).map { bound, count in
+            Sample(suffix: "_bucket", labels: [Label("le", MetricValue.double(bound).text)], .int(count))
+        }
+        let count = cumulative.last ?? 0
+        samples.append(Sample(suffix: "_bucket", labels: [Label("le", "+Inf")], .int(count)))
+        samples.append(Sample(suffix: "_sum", .double(sum)))
+        samples.append(Sample(suffix: "_count", .int(count)))
+        return MetricFamily(name, .histogram, help: help, samples: samples)
     }
 
     /// A family of one unlabelled sample.
@@ -79,6 +95,7 @@ public enum PrometheusText {
             out += "# TYPE \(family.name) \(family.kind.rawValue)\n"
             for sample in family.samples {
                 out += family.name
+                out += sample.suffix
                 if !sample.labels.isEmpty {
                     out += "{"
                     for (i, label) in sample.labels.enumerated() {

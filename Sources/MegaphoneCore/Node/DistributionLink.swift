@@ -75,6 +75,8 @@ public final class DistributionLink {
     private let refs: ConnectionRefs
     private var receiveBuffer = ei_x_buff()
     private var peers: [Peer] = []
+    /// Client input handed to the peers this turn: its read time and count (see `timeSentInputs`).
+    private var sentInputs: [(readAt: Int64, count: Int)] = []
     private let signals: SignalFD
     private let acceptor: DistributionAcceptor
     /// Output that may wait for one peer before it is dropped. Client data for it is held to
@@ -187,6 +189,7 @@ public final class DistributionLink {
                 }
             }
             flushPeers()
+            timeSentInputs()
             dropSilentPeers()
             if let shutdown, monotonicMillis() > shutdown.deadline {
                 logger.warning("Shutdown deadline passed; stopping with connections still open")
@@ -647,6 +650,7 @@ public final class DistributionLink {
                 ("nodes_behind", backlog.count),
             ],
             closed: CloseReason.allCases.map { ($0.name, counters.closedCount($0)) },
+            byTransport: Transport.allCases.map { ($0.rawValue, counters.connections(via: $0)) },
             controllerNodes: zip(controllers.pids.map { names.name(of: $0.node) ?? "" },
                                  sessions.counts(of: controllers.pids.map(\.node))).map { ($0, $1) })
         send(to: pid) { e in
@@ -693,6 +697,8 @@ public final class DistributionLink {
                 let fd = deliver(to: to, event)
                 let bytes = event.clientBytes
                 if bytes > 0 { hold(bytes, for: fd) }
+            case .clientInput(let readAt, let count):
+                sentInputs.append((readAt, count))
             case .drained(let index):
                 guard !finishing, shutdown != nil else { continue }
                 shutdown?.drained.insert(index)
@@ -702,6 +708,14 @@ public final class DistributionLink {
         if toErlang.shouldResume() {
             for reactor in reactors { reactor.commands.post(.resumeReads) }
         }
+    }
+
+    /// Client input that this turn encoded and handed to the peers' sockets: its read-to-send time.
+    private func timeSentInputs() {
+        guard !sentInputs.isEmpty else { return }
+        let now = monotonicNanos()
+        for (readAt, count) in sentInputs { counters.readToSend.observe(nanos: now - readAt, count: count) }
+        sentInputs.removeAll(keepingCapacity: true)
     }
 
     private func send(to pid: PidRef, _ event: Event) {

@@ -41,12 +41,15 @@ struct StatsReport {
     var values: [(String, Int)]
     /// `closed => #{Reason => N}`.
     var closed: [(String, Int)]
+    /// `connections_by_transport => #{tcp => N, starttls => N, tls => N}`: open connections by the
+    /// transport of the listener that accepted them.
+    var byTransport: [(String, Int)] = []
     /// `controller_nodes => #{Node => #{connections => N}}`: each attached controller's node and the
     /// open connections its processes own (announced to it, or taken by its sessions).
     var controllerNodes: [(String, Int)] = []
 
     func encode(into e: TermEncoder) {
-        e.map(values.count + 4)
+        e.map(values.count + 5)
         e.atom("node")
         e.atom(node)
         for (key, value) in values {
@@ -57,6 +60,12 @@ struct StatsReport {
         e.map(closed.count)
         for (reason, count) in closed {
             e.atom(reason)
+            e.int(count)
+        }
+        e.atom("connections_by_transport")
+        e.map(byTransport.count)
+        for (transport, count) in byTransport {
+            e.atom(transport)
             e.int(count)
         }
         e.atom("listeners")

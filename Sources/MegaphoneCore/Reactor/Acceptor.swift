@@ -165,6 +165,13 @@ extension Reactor {
         let id = acceptor.nextConnID(reactor: index)
         let generation = table.insert(fd: fd, connID: id)
         table[fd].address = address
+        let transport = listener.bound.transport
+        table[fd].opening = switch transport {
+        case .tcp: .init(.established, listener: .tcp)
+        case .starttls: .init(.startTLS(headerAnswered: false), listener: .starttls)
+        case .tls: .init(.handshake, listener: .tls)
+        }
+        counters.opened(via: transport)
         if config.parser == .parsed { table[fd].framing = .parsed(ParsedInput()) }
         do {
             try Epoll.add(epfd: epfd, fd: fd, events: Epoll.in | Epoll.out | Epoll.rdhup | Epoll.edgeTriggered,
@@ -173,6 +180,7 @@ extension Reactor {
             table.remove(fd: fd)
             addresses.release(address, now: now, rate: config.connectionRate)
             counters.connections.subtract(1, ordering: .relaxed)
+            counters.closed(via: transport)
             load.subtract(1, ordering: .relaxed)
             closeFD(fd)
             counters.closed(.clientError)
@@ -181,7 +189,7 @@ extension Reactor {
         }
         counters.accepted.add(1, ordering: .relaxed)
         logger.debug("Accepted connection", metadata: ["connection.id": "\(id)", "peer": "\(peer)"])
-        switch listener.bound.transport {
+        switch transport {
         case .tcp:
             announce(fd, peer: peer, local: local, transport: .tcp, now: now, config: config)
         case .tls, .starttls:
@@ -195,15 +203,12 @@ extension Reactor {
                 return
             }
             opening.handshakes[id] = (monotonicMillis() + config.handshakeTimeoutMillis, peer.ip)
-            if listener.bound.transport == .starttls {
-                table[fd].opening = .startTLS(headerAnswered: false)
-            } else {
+            if transport == .tls {
                 guard let session = TLSTransport(context: context, fd: fd) else {
                     closeConnection(fd, reason: .tlsError, notify: nil)
                     return
                 }
                 table[fd].transport = .tls(session)
-                table[fd].opening = .handshake
             }
         }
     }

@@ -49,17 +49,18 @@ extension Reactor {
         if let ip = opening.forget(slot.connID) { limiter.release(ip) }
         if !announced.isEmpty { announced[slot.connID] = nil }
         if !unclaimed.isEmpty { unclaimed.remove(slot.connID) }
-        if slot.opening == .established && !slot.owner.isNone { sessions.removed(node: slot.owner.node) }
+        if slot.opening.stage == .established && !slot.owner.isNone { sessions.removed(node: slot.owner.node) }
         addresses.release(slot.address, now: monotonicMillis(), rate: config?.connectionRate)
         slot.transport.close()
         // Counted before the close, so that a client that sees the close also finds it in stats.
         counters.connections.subtract(1, ordering: .relaxed)
+        counters.closed(via: slot.opening.listener)
         load.subtract(1, ordering: .relaxed)
         counters.closed(reason)
         retire(fd, reason: reason)
         logger.debug("Closed connection", metadata: ["connection.id": "\(slot.connID)", "reason": "\(reason.name)"])
         // Nobody has heard of a connection before its megaphone_connect: nobody to tell.
-        if let event, slot.opening == .established { emit(to: recipient(of: slot), event) }
+        if let event, slot.opening.stage == .established { emit(to: recipient(of: slot), event) }
     }
 
     /// Closes the connections whose flush (or wait for a half-closed client's owner) ran out of time.

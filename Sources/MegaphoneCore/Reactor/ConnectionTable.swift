@@ -36,7 +36,7 @@ public struct ConnectionSlot {
     public var generation: UInt16 = 0
     public var flags: Flags = []
     /// The opening stage (see `StreamOpening`): STARTTLS, handshake, or established.
-    var opening: Opening = .established
+    var opening = Opening(.established, listener: .tcp)
     /// The client address's handle in `AddressLimiter` (0: not counted), given back when it closes.
     public var address: UInt32 = 0
     public var inbound: ByteQueue? = nil

@@ -56,6 +56,10 @@ public final class Counters: Sendable {
     /// TLS certificates loaded (each start with a certfile, each SIGHUP), and loads that failed.
     public let certificateLoads = Atomic<Int>(0)
     public let certificateLoadFailures = Atomic<Int>(0)
+    /// TLS handshakes completed (the ways one ends badly are close reasons).
+    public let tlsHandshakes = Atomic<Int>(0)
+    /// Time from the reactor turn that read a client's input to the distribution thread's send of it.
+    public let readToSend = LatencyHistogram()
     /// Erlang nodes dropped because nothing, not even a tick, came from them for net_ticktime.
     public let netTickTimeouts = Atomic<Int>(0)
     /// Connections to the distribution port: handshakes completed, failed (wrong cookie, not an Erlang
@@ -66,10 +70,13 @@ public final class Counters: Sendable {
     public let distHandshakesRefused = Atomic<Int>(0)
     /// Erlang nodes dropped because more output waited for them than the per-peer bound.
     public let distOutputOverflows = Atomic<Int>(0)
-    /// Controllers attached (processes that sent `start` and whose node is still connected): 0 or 1
-    /// today. Set by the distribution thread; read by `stats` and the metrics endpoint.
+    /// Controllers attached (processes that sent `start` and whose node is still connected), one per
+    /// ejabberd node of a cluster. Set by the distribution thread; read by `stats` and the metrics endpoint.
     public let controllers = Atomic<Int>(0)
     private let closedCounts: [ClosedCounter] = CloseReason.allCases.map { _ in ClosedCounter() }
+    /// Connections in the table by the transport of the listener that accepted them (handshakes in
+    /// progress included); `connections` also counts the moments between accept and the table.
+    private let byTransport: [ClosedCounter] = Transport.allCases.map { _ in ClosedCounter() }
 
     public init() {}
 
@@ -96,6 +103,7 @@ public final class Counters: Sendable {
             ("dist_handshakes_refused", distHandshakesRefused.load(ordering: .relaxed)),
             ("dist_output_overflows", distOutputOverflows.load(ordering: .relaxed)),
             ("controllers", controllers.load(ordering: .relaxed)),
+            ("tls_handshakes", tlsHandshakes.load(ordering: .relaxed)),
         ]
     }
 
@@ -107,8 +115,32 @@ public final class Counters: Sendable {
         closedCounts[reason.rawValue].value.load(ordering: .relaxed)
     }
 
+    func opened(via transport: Transport) {
+        byTransport[transport.index].value.add(1, ordering: .relaxed)
+    }
+
+    func closed(via transport: Transport) {
+        byTransport[transport.index].value.subtract(1, ordering: .relaxed)
+    }
+
+    /// Open connections accepted by listeners of `transport`.
+    public func connections(via transport: Transport) -> Int {
+        byTransport[transport.index].value.load(ordering: .relaxed)
+    }
+
     /// Atomic is not copyable, so an array of them needs a box.
     private final class ClosedCounter: Sendable {
         let value = Atomic<Int>(0)
+    }
+}
+
+extension Transport {
+    /// The position in `allCases`, for arrays indexed by transport.
+    var index: Int {
+        switch self {
+        case .tcp: 0
+        case .starttls: 1
+        case .tls: 2
+        }
     }
 }

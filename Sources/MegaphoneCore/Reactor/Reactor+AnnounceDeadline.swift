@@ -13,7 +13,7 @@ extension Reactor {
     func sweepAnnouncements(now: Int64) {
         for (id, deadline) in announced where deadline <= now {
             announced[id] = nil
-            guard let fd = table.fd(of: id), table[fd].opening == .established else { continue }
+            guard let fd = table.fd(of: id), table[fd].opening.stage == .established else { continue }
             logger.debug("Announced connection never asked for data", metadata: ["connection.id": "\(id)"])
             closeConnection(fd, reason: .announceTimeout, notify: .closed(connID: id))
         }

@@ -19,7 +19,7 @@ extension Reactor {
         for fd in table.liveFDs {
             let slot = table[fd]
             // An unclaimed connection's owner is the controller, not a session.
-            guard slot.opening == .established, !slot.owner.isNone,
+            guard slot.opening.stage == .established, !slot.owner.isNone,
                   slot.flags.isDisjoint(with: [.closing, .eofNotified]),
                   unclaimed.isEmpty || !unclaimed.contains(slot.connID) else { continue }
             if slot.flags.contains(.active) {

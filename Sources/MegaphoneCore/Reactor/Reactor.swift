@@ -273,7 +273,7 @@ public final class Reactor: @unchecked Sendable {
     /// The fd of a connection that requests may name: one announced with `megaphone_connect`. A
     /// connection still in its STARTTLS opening or handshake is unknown to Erlang, whatever it guesses.
     func establishedFD(of connID: UInt64) -> CInt? {
-        guard let fd = table.fd(of: connID), table[fd].opening == .established else { return nil }
+        guard let fd = table.fd(of: connID), table[fd].opening.stage == .established else { return nil }
         return fd
     }
 
@@ -287,7 +287,7 @@ public final class Reactor: @unchecked Sendable {
                             notify: err == 0 ? .closed(connID: id) : .error(connID: id, reason: ErrnoName.erlang(err)))
             return
         }
-        switch table[fd].opening {
+        switch table[fd].opening.stage {
         case .startTLS:
             if events & (Epoll.in | Epoll.rdhup | Epoll.hup) != 0 { negotiateStartTLS(fd) }
             return

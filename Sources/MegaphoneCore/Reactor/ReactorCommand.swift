@@ -93,4 +93,7 @@ public enum ReactorOutput: Sendable {
     case send(to: PidRef, Event)
     /// The reactor has closed its last connection after `.shutdown` and stopped.
     case drained(reactor: Int)
+    /// The `count` client inputs before this in the same post were read from `readAt`
+    /// (`monotonicNanos`) on: the distribution thread times their send from it.
+    case clientInput(readAt: Int64, count: Int)
 }

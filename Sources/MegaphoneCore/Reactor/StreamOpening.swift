@@ -54,15 +54,52 @@ struct StreamOpening {
 }
 
 extension ConnectionSlot {
-    /// How far a connection is from being handed to its controller.
-    enum Opening: Equatable {
-        /// Announced with `megaphone_connect`; bytes flow.
-        case established
-        /// STARTTLS listener: plaintext stream header and `<starttls/>`, answered by Megaphone;
-        /// `headerAnswered` once the features have gone out.
-        case startTLS(headerAnswered: Bool)
-        /// TLS handshake in progress.
-        case handshake
+    /// How far a connection is from being handed to its controller, and the transport of the
+    /// listener that accepted it (`megaphone_connections{transport}` counts by it). One byte: the
+    /// 64-byte slot has no room for a second field.
+    struct Opening: Equatable {
+        enum Stage: Equatable {
+            /// Announced with `megaphone_connect`; bytes flow.
+            case established
+            /// STARTTLS listener: plaintext stream header and `<starttls/>`, answered by Megaphone;
+            /// `headerAnswered` once the features have gone out.
+            case startTLS(headerAnswered: Bool)
+            /// TLS handshake in progress.
+            case handshake
+        }
+
+        /// Bits 0–1: the stage (0 established, 1 startTLS, 2 handshake); bit 2: headerAnswered;
+        /// bits 3–4: the listener's transport (`Transport.allCases` index).
+        private var bits: UInt8
+
+        init(_ stage: Stage, listener: Transport) {
+            bits = UInt8(listener.index) << 3
+            self.stage = stage
+        }
+
+        var stage: Stage {
+            get {
+                switch bits & 0b11 {
+                case 1: .startTLS(headerAnswered: bits & 0b100 != 0)
+                case 2: .handshake
+                default: .established
+                }
+            }
+            set {
+                let code: UInt8 = switch newValue {
+                case .established: 0
+                case .startTLS(let answered): answered ? 0b101 : 0b001
+                case .handshake: 2
+                }
+                bits = (bits & ~0b111) | code
+            }
+        }
+
+        /// The transport of the listener that accepted the connection.
+        var listener: Transport {
+            let index = Int(bits >> 3)
+            return index < Transport.allCases.count ? Transport.allCases[index] : .tcp
+        }
     }
 }
 
@@ -92,7 +129,7 @@ extension Reactor {
         }
         var pending = table[fd].inbound.map { $0.take(max: Swift.max($0.count, 1)) } ?? []
         while true {
-            guard case .startTLS(let headerAnswered) = table[fd].opening else { return }
+            guard case .startTLS(let headerAnswered) = table[fd].opening.stage else { return }
             switch StartTLSNegotiator.next(pending, headerAnswered: headerAnswered) {
             case .needMore:
                 table[fd].inbound = pending.isEmpty ? nil : ByteQueue()
@@ -100,7 +137,7 @@ extension Reactor {
                 return
             case .sendFeatures(let reply, let consumed):
                 guard writePlain(fd, reply) else { return }
-                table[fd].opening = .startTLS(headerAnswered: true)
+                table[fd].opening.stage = .startTLS(headerAnswered: true)
                 pending.removeFirst(consumed)
             case .proceed(let reply):
                 // Whatever the client sent after <starttls/> is dropped: it would be plaintext that
@@ -112,7 +149,7 @@ extension Reactor {
                     return
                 }
                 table[fd].transport = .tls(session)
-                table[fd].opening = .handshake
+                table[fd].opening.stage = .handshake
                 driveHandshake(fd)
                 return
             case .refuse(let reply, let refusal):
@@ -153,7 +190,8 @@ extension Reactor {
                 closeConnection(fd, reason: .clientError, notify: nil)
                 return
             }
-            table[fd].opening = .established
+            table[fd].opening.stage = .established
+            counters.tlsHandshakes.add(1, ordering: .relaxed)
             // OpenSSL may already hold application data that came with the handshake's last flight.
             table[fd].flags.formUnion([.readable, .writable])
             logger.debug("TLS handshake done", metadata: ["connection.id": "\(id)", "peer": "\(peer)"])

@@ -29,7 +29,10 @@ private struct ParsedText {
                 family = String(parts[2])
             } else {
                 let key = String(line.prefix { $0 != " " })
-                let name = String(key.prefix { $0 != "{" })
+                var name = String(key.prefix { $0 != "{" })
+                if let family, types[family] == "histogram" {
+                    for suffix in ["_bucket", "_sum", "_count"] where name == family + suffix { name = family }
+                }
                 #expect(name == family, "sample \(key) outside its family")
                 samples.append((key, String(line.dropFirst(key.count + 1))))
             }
@@ -50,7 +53,10 @@ private struct ParsedText {
 
     @Test func namesTypesAndValuesFollowTheCounters() {
         let (metrics, counters, toErlang) = source()
-        counters.connections.store(5, ordering: .relaxed)
+        for _ in 0..<3 { counters.opened(via: .tcp) }
+        counters.opened(via: .tls)
+        counters.opened(via: .tls)
+        counters.closed(via: .tls)
         counters.accepted.store(7, ordering: .relaxed)
         counters.bytesIn.store(1234, ordering: .relaxed)
         counters.bytesOut.store(99, ordering: .relaxed)
@@ -60,7 +66,9 @@ private struct ParsedText {
         toErlang.added(300)
         toErlang.taken(100)
         let text = ParsedText(metrics.render())
-        #expect(text.value("megaphone_connections") == "5")
+        #expect(text.value(#"megaphone_connections{transport="tcp"}"#) == "3")
+        #expect(text.value(#"megaphone_connections{transport="starttls"}"#) == "0")
+        #expect(text.value(#"megaphone_connections{transport="tls"}"#) == "1")
         #expect(text.value("megaphone_connections_accepted_total") == "7")
         #expect(text.value("megaphone_bytes_received_total") == "1234")
         #expect(text.value("megaphone_bytes_sent_total") == "99")
@@ -91,7 +99,7 @@ private struct ParsedText {
                 == CloseReason.allCases.count)
     }
 
-    @Test func tlsHandshakeResultsComeFromTheirCloseReasons() {
+    @Test func tlsHandshakeResultsComeFromTheirCounterAndCloseReasons() {
         let (metrics, counters, _) = source()
         counters.closed(.tlsError)
         counters.closed(.tlsError)
@@ -99,10 +107,33 @@ private struct ParsedText {
         counters.closed(.handshakeLimit)
         counters.closed(.handshakeLimit)
         counters.closed(.handshakeLimit)
+        counters.tlsHandshakes.store(9, ordering: .relaxed)
         let text = ParsedText(metrics.render())
+        #expect(text.value(#"megaphone_tls_handshakes_total{result="ok"}"#) == "9")
         #expect(text.value(#"megaphone_tls_handshakes_total{result="failed"}"#) == "2")
         #expect(text.value(#"megaphone_tls_handshakes_total{result="timeout"}"#) == "1")
         #expect(text.value(#"megaphone_tls_handshakes_total{result="refused"}"#) == "3")
+    }
+
+    @Test func readToSendIsAHistogramInSeconds() {
+        let (metrics, counters, _) = source()
+        counters.readToSend.observe(nanos: 7_000, count: 3)       // <= 10 µs
+        counters.readToSend.observe(nanos: 30_000)                // <= 50 µs
+        counters.readToSend.observe(nanos: 2_000_000_000)         // above 1 s
+        let text = ParsedText(metrics.render())
+        #expect(text.types["megaphone_read_to_send_seconds"] == "histogram")
+        #expect(text.value(#"megaphone_read_to_send_seconds_bucket{le="1e-05"}"#) == "3")
+        #expect(text.value(#"megaphone_read_to_send_seconds_bucket{le="2.5e-05"}"#) == "3")
+        #expect(text.value(#"megaphone_read_to_send_seconds_bucket{le="5e-05"}"#) == "4")
+        #expect(text.value(#"megaphone_read_to_send_seconds_bucket{le="1.0"}"#) == "4")
+        #expect(text.value(#"megaphone_read_to_send_seconds_bucket{le="+Inf"}"#) == "5")
+        #expect(text.value("megaphone_read_to_send_seconds_count") == "5")
+        #expect(text.value("megaphone_read_to_send_seconds_sum").flatMap(Double.init) == 2.000051)
+        let buckets = text.samples.filter { $0.key.hasPrefix("megaphone_read_to_send_seconds_bucket") }
+        #expect(buckets.count == LatencyHistogram.boundsNanos.count + 1)
+        // Cumulative: never decreasing.
+        let counts = buckets.compactMap { Int($0.value) }
+        #expect(counts == counts.sorted())
     }
 
     @Test func processMetrics() {

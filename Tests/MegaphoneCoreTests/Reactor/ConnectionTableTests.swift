@@ -34,6 +34,25 @@ struct ConnectionTableTests {
         #expect(Set(table.liveFDs).count == 21)
     }
 
+    @Test func openingKeepsItsStageAndListenerInOneByte() {
+        #expect(MemoryLayout<ConnectionSlot.Opening>.size == 1)
+        let stages: [ConnectionSlot.Opening.Stage] = [
+            .established, .startTLS(headerAnswered: false), .startTLS(headerAnswered: true), .handshake,
+        ]
+        for transport in Transport.allCases {
+            for stage in stages {
+                var opening = ConnectionSlot.Opening(stage, listener: transport)
+                #expect(opening.stage == stage)
+                #expect(opening.listener == transport)
+                for next in stages {
+                    opening.stage = next
+                    #expect(opening.stage == next)
+                    #expect(opening.listener == transport, "a stage change keeps the listener")
+                }
+            }
+        }
+    }
+
     @Test func idleSlotIsSmall() {
         // DESIGN.md: no per-connection allocation while idle; the slot itself stays within a cache line.
         #expect(MemoryLayout<ConnectionSlot>.stride <= 64)
