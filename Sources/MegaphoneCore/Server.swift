@@ -23,6 +23,9 @@ public struct ServerConfiguration: Sendable {
     public var distQueueLimit: Int
     /// Where to serve `GET /metrics` (Prometheus text format); nil: nowhere.
     public var metricsListen: SocketAddress?
+    /// Run on the distribution thread at each SIGHUP, after the certificate's reload (the command
+    /// line's `--config` re-read: the log level).
+    public var onReload: (@Sendable () -> Void)? = nil
 
     public init(name: String, host: String, cookie: String, distPort: Int, threads: Int, netTicktime: Int,
                 distQueueLimit: Int = 64 << 20, distInterface: IPAddress = .loopbackIPv4,
@@ -77,7 +80,8 @@ public enum Server {
         }
         for reactor in reactors { reactor.siblings = reactors }
         let link = try DistributionLink(node: node, reactors: reactors, inline: inline ? reactors.first : nil,
-                                        context: context, netTicktimeSeconds: configuration.netTicktime)
+                                        context: context, netTicktimeSeconds: configuration.netTicktime,
+                                        onReload: configuration.onReload)
         if !inline {
             for reactor in reactors {
                 _ = try PThread.spawn(name: "reactor-\(reactor.index)") { reactor.run() }

@@ -57,6 +57,12 @@ struct Megaphone: ParsableCommand {
         valueName: "host:port"))
     var metricsListen: String? = nil
 
+    @Option(help: ArgumentHelp(
+        "Options file: one 'option = value' per line, named as on the command line without '--' (e.g. log-level = debug). "
+            + "The command line wins over it. SIGHUP re-reads its log-level; other changes wait for a restart.",
+        valueName: "file"))
+    var config: String? = nil
+
     func validate() throws {
         guard !name.isEmpty, name.utf8.count <= 200,
               name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "-") })
@@ -79,23 +85,48 @@ struct Megaphone: ParsableCommand {
     }
 
     func run() throws {
-        let level = logLevel.level
+        guard let config else { return try serve(file: nil) }
+        let file: OptionsFile
+        do {
+            file = try OptionsFile(contentsOf: config)
+        } catch {
+            throw StartupError(error.description)
+        }
+        // The file's options first, the command line's after them: for an option given twice the
+        // parser keeps the last value, so the command line wins.
+        let merged: Megaphone
+        do {
+            _ = try Megaphone.parse(file.arguments)
+            merged = try Megaphone.parse(file.arguments + Array(CommandLine.arguments.dropFirst()))
+        } catch {
+            throw StartupError("\(config): \(Megaphone.message(for: error))")
+        }
+        try merged.serve(file: (config, file))
+    }
+
+    /// Whether the command line itself names `option` (then an options file cannot change it).
+    private static func commandLineSets(_ option: String) -> Bool {
+        CommandLine.arguments.dropFirst().contains { $0 == "--" + option || $0.hasPrefix("--" + option + "=") }
+    }
+
+    private func serve(file: (path: String, options: OptionsFile)?) throws {
+        let level = SharedLogLevel(logLevel.level)
         switch logFormat {
         case .text:
             LoggingSystem.bootstrap { label in
                 var handler = StreamLogHandler.standardError(label: label)
-                handler.logLevel = level
-                return handler
+                handler.logLevel = .trace
+                return SharedLevelLogHandler(handler, level: level)
             }
         case .json:
             LoggingSystem.bootstrap { label in
                 var handler = JSONLogHandler.standardError(label: label)
-                handler.logLevel = level
-                return handler
+                handler.logLevel = .trace
+                return SharedLevelLogHandler(handler, level: level)
             }
         }
         let logger = Logger(label: "megaphone")
-        let configuration = ServerConfiguration(
+        var configuration = ServerConfiguration(
             name: name,
             host: host ?? ServerConfiguration.defaultHost(),
             cookie: try readCookie(),
@@ -106,8 +137,53 @@ struct Megaphone: ParsableCommand {
             distInterface: parseIPv4(distInterface) ?? .loopbackIPv4,
             metricsListen: metricsListen.flatMap { SocketAddress(hostPort: $0) }
         )
+        if let file {
+            let levelOnCommandLine = Self.commandLineSets("log-level")
+            configuration.onReload = {
+                Self.reload(file.path, startedWith: file.options, levelOnCommandLine: levelOnCommandLine,
+                            level: level, logger: logger)
+            }
+        }
         // Failures (NodeError, SystemError, StartupError) print as one "Error: ..." line and exit 1.
         try Server.run(configuration, logger: logger)
+    }
+
+    /// SIGHUP: reads the options file again and applies its log-level (the default level when it no
+    /// longer sets one), unless the command line set the level. A file that does not parse changes
+    /// nothing. Other options that differ from the start's are named in a warning: they need a restart.
+    private static func reload(_ path: String, startedWith start: OptionsFile, levelOnCommandLine: Bool,
+                               level: SharedLogLevel, logger: Logger) {
+        let now: OptionsFile
+        let parsed: Megaphone
+        do {
+            now = try OptionsFile(contentsOf: path)
+            parsed = try Megaphone.parse(now.arguments)
+        } catch {
+            let why = (error as? OptionsFile.ParseError)?.description ?? Megaphone.message(for: error)
+            logger.error("SIGHUP: cannot read the options file; nothing changed",
+                         metadata: ["config": "\(path)", "error": "\(why)"])
+            return
+        }
+        let names = Set(start.entries.map(\.name) + now.entries.map(\.name)).subtracting(["log-level"])
+        let changed = names.filter { start[$0] != now[$0] }.sorted()
+        if !changed.isEmpty {
+            logger.warning("SIGHUP: changed options take effect at the next start",
+                           metadata: ["config": "\(path)", "options": "\(changed.joined(separator: ","))"])
+        }
+        if levelOnCommandLine {
+            if now["log-level"] != nil {
+                logger.notice("SIGHUP: --log-level on the command line wins over the options file",
+                              metadata: ["config": "\(path)", "log.level": "\(level.level)"])
+            }
+            return
+        }
+        let old = level.level
+        let new = parsed.logLevel.level
+        // At info, under the lower of the two levels: seen if either level shows info.
+        level.set(Swift.min(old, new))
+        logger.info("SIGHUP: log level \(old == new ? "unchanged" : "set")",
+                    metadata: ["config": "\(path)", "log.level": "\(new)", "log.level.before": "\(old)"])
+        level.set(new)
     }
 
     private func readCookie() throws -> String {

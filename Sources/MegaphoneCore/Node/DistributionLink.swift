@@ -99,12 +99,15 @@ public final class DistributionLink {
     /// What the reactors run with since the last start (for a SIGHUP reload).
     private var reactorConfig: ReactorConfig? = nil
     private var running = true
+    /// What else a SIGHUP reloads (`ServerConfiguration.onReload`).
+    private let onReload: (@Sendable () -> Void)?
 
     /// Takes over `node`. Blocks SIGINT, SIGTERM and SIGHUP for the calling thread (call it before
     /// starting other threads so they inherit the mask) and reads them from a signalfd instead.
     /// `inline`: a reactor without a thread of its own, run by this thread between its own work.
     public init(node: CNode, reactors: [Reactor], inline: Reactor? = nil, context: NodeContext,
-                netTicktimeSeconds: Int) throws(SystemError) {
+                netTicktimeSeconds: Int, onReload: (@Sendable () -> Void)? = nil) throws(SystemError) {
+        self.onReload = onReload
         toErlang = context.toErlang
         toClients = context.toClients
         self.node = node
@@ -202,6 +205,7 @@ public final class DistributionLink {
         for signal in signals.take() {
             if signal == SIGHUP {
                 reloadCertificate()
+                onReload?()
                 continue
             }
             logger.info("Signal received: shutting down", metadata: ["signal": "\(signal)"])

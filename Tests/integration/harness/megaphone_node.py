@@ -22,7 +22,7 @@ class MegaphoneNode:
     """The real `megaphone` binary, registered in epmd as NAME@localhost."""
 
     def __init__(self, base_dir: Path, cookie: str, helper: ErlHelper, *, name: str | None = None,
-                 binary: Path = MEGAPHONE_BIN, log_level: str = "info", threads: int | None = None,
+                 binary: Path = MEGAPHONE_BIN, log_level: str | None = "info", threads: int | None = None,
                  extra_args: Iterable[str] = ()):
         self.name = name or unique("mpit_mp_")
         self.threads = threads
@@ -58,7 +58,8 @@ class MegaphoneNode:
             log.flush()
             self.proc = subprocess.Popen(
                 [str(self.binary), "--name", self.name, "--host", "localhost",
-                 "--cookie-file", str(self.cookie_file), "--log-level", self.log_level]
+                 "--cookie-file", str(self.cookie_file)]
+                + (["--log-level", self.log_level] if self.log_level else [])
                 + (["--threads", str(self.threads)] if self.threads else []) + self.extra_args,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.dir, start_new_session=True)
         try:
@@ -111,7 +112,7 @@ class MegaphoneNode:
         return vm_rss(self.pid)
 
     def sighup(self) -> None:
-        """SIGHUP, by PID: the node reloads its certificate."""
+        """SIGHUP, by PID: the node reloads its certificate and its options file's log level."""
         if not self.alive():
             raise HarnessError(f"{self.node} is not running")
         self.proc.send_signal(signal.SIGHUP)
