@@ -52,6 +52,13 @@ def yerr(xs, m):
     return [[lo], [hi]] if lo or hi else None
 
 
+def value_label(ax, x: float, vals, top: float, text: str, size: float = 7.5) -> None:
+    """The bar's value, above its top and its whisker."""
+    ys = [v for v in vals if v is not None] + [top]
+    ax.annotate(text, (x, max(ys)), xytext=(0, 2), textcoords="offset points", ha="center",
+                va="bottom", fontsize=size)
+
+
 def label(meta: dict, s: str) -> str:
     return meta.get("labels", {}).get(s, s)
 
@@ -112,7 +119,7 @@ def memory_chart(meta: dict, res: dict, out: Path) -> Path | None:
     panels = [("after the logins (settled)", "mem_parts_b", "ej_rss_b", "mp_rss_b")]
     if any(r.get("idle_parts_b") for s in setups for r in mem[s]):
         idle = next((r.get("idle_secs") for s in setups for r in mem[s] if r.get("idle_secs")), None)
-        panels.append((f"after the idle spell ({idle} s, hibernation)" if idle else "after the idle spell",
+        panels.append((f"after {idle} s idle (issue 13; hibernated where it applies)" if idle else "after the idle spell",
                        "idle_parts_b", "idle_ej_rss_b", "idle_mp_rss_b"))
     fig, axes = plt.subplots(1, len(panels), figsize=(max(10, 6.2 * len(panels) + 1), 5.8), squeeze=False)
     w = 0.38
@@ -126,20 +133,26 @@ def memory_chart(meta: dict, res: dict, out: Path) -> Path | None:
                     ax.bar(i - w / 2, v, w, bottom=bottom, color=col, edgecolor="white", linewidth=0.5,
                            label=f"erlang:memory {name}" if i == 0 else None)
                     bottom += v
-                ax.text(i - w / 2, bottom, f"{bottom:,.0f}", ha="center", va="bottom", fontsize=7.5)
+                totals = [r[pk]["total"] for r in mem[s] if r.get(pk)]
+                if yerr(totals, bottom):  # erlang:memory(total)'s min–max around the stack's top
+                    ax.errorbar(i - w / 2, bottom, yerr=[[max(0, bottom - min(totals))],
+                                                        [max(0, max(totals) - bottom)]],
+                                fmt="none", ecolor="#555555", capsize=3)
+                value_label(ax, i - w / 2, totals, bottom, f"{bottom:,.0f}")
             rss = [r.get(rk) for r in mem[s]]
             m = med(rss)
             if m is not None:
                 ax.errorbar(i - w / 2, m, yerr=yerr(rss, m), fmt="D", color="black",
                             markersize=6, capsize=4, label="ejabberd beam RSS" if i == 0 else None)
-                ax.annotate(f"RSS {m:,.0f}", (i - w / 2, m), xytext=(6, 0), textcoords="offset points",
-                            fontsize=7.5, va="center")
+                ax.annotate(f"RSS {m:,.0f}", (i - w / 2, m), xytext=(7, 0), textcoords="offset points",
+                            fontsize=7.5, va="center",
+                            bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
             sw = [r.get(sk) for r in mem[s]]
             m = med(sw)
             if m is not None:
                 ax.bar(i + w / 2, m, w, yerr=yerr(sw, m), capsize=3, color=SWIFT_COLOR,
                        hatch="//", edgecolor="white", label="Swift RSS per connection" if i == 0 else None)
-                ax.text(i + w / 2, m, f"{m:,.0f}", ha="center", va="bottom", fontsize=7.5)
+                value_label(ax, i + w / 2, sw, m, f"{m:,.0f}")
         ax.set_xticks(range(len(setups)), [label(meta, s) for s in setups], fontsize=9)
         ax.set_ylabel("bytes per session")
         ax.set_ylim(bottom=min(0, ax.get_ylim()[0]))
@@ -167,7 +180,7 @@ def messages_chart(meta: dict, res: dict, out: Path) -> Path | None:
         v = [r.get("msgs_s") for r in msg[s]]
         m = med(v)
         a1.bar(i, m, 0.6, yerr=yerr(v, m), capsize=4, color=col[s])
-        a1.text(i, m, f"{m:,.0f}\n", ha="center", va="bottom", fontsize=8)
+        value_label(a1, i, v, m, f"{m:,.0f}", 8)
         ej = [r.get("ej_us") for r in msg[s]]
         mp = [r.get("mp_us") for r in msg[s]]
         tot = [a + b for a, b in zip(ej, mp) if a is not None and b is not None]
@@ -179,7 +192,7 @@ def messages_chart(meta: dict, res: dict, out: Path) -> Path | None:
             top = me + mm
             a2.errorbar(i, top, yerr=[[max(0, top - min(tot))], [max(0, max(tot) - top)]], fmt="none",
                         ecolor="black", capsize=4)
-        a2.text(i, me + mm, f"{me + mm:.1f}\n", ha="center", va="bottom", fontsize=8)
+        value_label(a2, i, tot, me + mm, f"{me + mm:.1f}", 8)
     for ax in (a1, a2):
         ax.set_xticks(list(x), [label(meta, s) for s in setups], fontsize=9)
         ax.grid(axis="y", alpha=0.3)
