@@ -32,7 +32,10 @@ PARTS = [("processes", "processes", "#4c72b0"), ("ets", "ets", "#55a868"),
          ("binary", "binary", "#c44e52"), ("other system", None, "#8172b2")]
 SWIFT_COLOR = "#dd8452"
 PCTS = [("p50", "p50_us"), ("p90", "p90_us"), ("p99", "p99_us"), ("max", "max_us")]
-SETUP_COLORS = ["#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
+# A setup keeps its colour whatever else the run has (--no-native, --parser): native grey, raw blue,
+# parsed orange; variants (raw@1, parsed@infinity, ...) from the rest.
+BASE_COLORS = {"native": "#7f7f7f", "raw": "#1f77b4", "parsed": "#ff7f0e"}
+MORE_COLORS = ["#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
 
 def med(xs):
@@ -82,7 +85,17 @@ def measured(res: dict, kind: str, setups: list[str]) -> list[str]:
 
 
 def colors(setups: list[str]) -> dict:
-    return {s: SETUP_COLORS[i % len(SETUP_COLORS)] for i, s in enumerate(setups)}
+    out, more = {}, iter(MORE_COLORS * 3)
+    for s in setups:
+        out[s] = BASE_COLORS.get(s) or next(more)
+    return out
+
+
+def setup_axis(ax, meta: dict, setups: list[str]) -> None:
+    """A bar per setup; one or two setups keep the width of three."""
+    ax.set_xticks(range(len(setups)), [label(meta, s) for s in setups], fontsize=9)
+    pad = max(0.0, (3 - len(setups)) / 2)
+    ax.set_xlim(-0.5 - pad, len(setups) - 0.5 + pad)
 
 
 def _finish(fig, title: str, sub: str, path: Path, legend_ax=None) -> Path:
@@ -153,7 +166,7 @@ def memory_chart(meta: dict, res: dict, out: Path) -> Path | None:
                 ax.bar(i + w / 2, m, w, yerr=yerr(sw, m), capsize=3, color=SWIFT_COLOR,
                        hatch="//", edgecolor="white", label="Swift RSS per connection" if i == 0 else None)
                 value_label(ax, i + w / 2, sw, m, f"{m:,.0f}")
-        ax.set_xticks(range(len(setups)), [label(meta, s) for s in setups], fontsize=9)
+        setup_axis(ax, meta, setups)
         ax.set_ylabel("bytes per session")
         ax.set_ylim(bottom=min(0, ax.get_ylim()[0]))
         ax.axhline(0, color="black", linewidth=0.6)
@@ -175,7 +188,6 @@ def messages_chart(meta: dict, res: dict, out: Path) -> Path | None:
     msg = res["msg"]
     col = colors(meta["setups"])
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 5.8))
-    x = range(len(setups))
     for i, s in enumerate(setups):
         v = [r.get("msgs_s") for r in msg[s]]
         m = med(v)
@@ -194,7 +206,7 @@ def messages_chart(meta: dict, res: dict, out: Path) -> Path | None:
                         ecolor="black", capsize=4)
         value_label(a2, i, tot, me + mm, f"{me + mm:.1f}", 8)
     for ax in (a1, a2):
-        ax.set_xticks(list(x), [label(meta, s) for s in setups], fontsize=9)
+        setup_axis(ax, meta, setups)
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
         ax.margins(y=0.12)
@@ -248,8 +260,10 @@ def latency_chart(meta: dict, res: dict, out: Path) -> Path | None:
         ax.set_ylabel("latency (µs, log scale)")
         fmt = matplotlib.ticker.FuncFormatter(lambda y, _: f"{y:,.0f}")
         ax.yaxis.set_major_formatter(fmt)
+        lo, hi = ax.get_ylim()
+        digits = "235" if hi / lo < 20 else "25"  # minor ticks labelled: more when under ~a decade
         ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
-            lambda y, _: f"{y:,.0f}" if str(round(y))[0] in "25" else ""))
+            lambda y, _, d=digits: f"{y:,.0f}" if str(round(y))[0] in d else ""))
         ax.tick_params(axis="y", which="minor", labelsize=7.5)
         ax.set_title(ptitle, fontsize=10)
         ax.grid(axis="y", alpha=0.3, which="both")
