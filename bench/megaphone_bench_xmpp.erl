@@ -533,6 +533,9 @@ do_msg_run(Cfg = #{ej := Ej, pairs := P, inflight := K, secs := Secs, warmup := 
             machine_busy => 100 * (B1 - B0) / max(1, T1 - T0),
             p50_us => megaphone_bench_load:percentile(Hist, 50),
             p99_us => megaphone_bench_load:percentile(Hist, 99),
+            %% For bench/xmpp_plot.py's percentile chart, from the same histogram.
+            p90_us => megaphone_bench_load:percentile(Hist, 90),
+            max_us => megaphone_bench_load:percentile(Hist, 100),
             samples => lists:sum(maps:values(Hist)),
             received => Sum(received), sent => Sum(sent), seq_errors => Sum(seq_errors),
             error_stanzas => Sum(error_stanzas), unfinished => Sum(failed),
