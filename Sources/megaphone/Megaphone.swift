@@ -196,17 +196,13 @@ struct Megaphone: ParsableCommand {
         } else {
             throw ValidationError("give --cookie or --cookie-file")
         }
-        guard let file = fopen(path, "r") else {
-            throw StartupError("cannot read cookie file \(path): \(String(cString: strerror(errno)))")
-        }
-        defer { fclose(file) }
-        var bytes: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 512)
-        while true {
-            let n = fread(&buffer, 1, buffer.count, file)
-            if n <= 0 { break }
-            bytes += buffer[0..<n]
-            guard bytes.count <= 4096 else { throw StartupError("cookie file \(path) is too long") }
+        let bytes: [UInt8]
+        do {
+            bytes = try SmallFile.read(path, maxBytes: 4096)
+        } catch .cannotOpen(let why) {
+            throw StartupError("cannot read cookie file \(path): \(why)")
+        } catch {
+            throw StartupError("cookie file \(path) is too long")
         }
         let cookie = String(decoding: bytes, as: UTF8.self).trimmingWhitespace
         guard !cookie.isEmpty else { throw StartupError("cookie file \(path) is empty") }

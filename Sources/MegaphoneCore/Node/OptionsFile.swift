@@ -1,7 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
-
 /// A node's options file (`megaphone --config FILE`): one option per line, as on the command line
 /// without its dashes, e.g.
 ///
@@ -67,19 +63,13 @@ public struct OptionsFile: Equatable, Sendable {
 
     /// Reads and parses `path`.
     public init(contentsOf path: String) throws(ParseError) {
-        guard let file = fopen(path, "r") else {
-            throw ParseError(description: "cannot read options file \(path): \(String(cString: strerror(errno)))")
-        }
-        defer { fclose(file) }
-        var bytes: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = fread(&buffer, 1, buffer.count, file)
-            if n <= 0 { break }
-            bytes += buffer[0..<n]
-            guard bytes.count <= Self.maxBytes else {
-                throw ParseError(description: "options file \(path) is larger than \(Self.maxBytes) bytes")
-            }
+        let bytes: [UInt8]
+        do {
+            bytes = try SmallFile.read(path, maxBytes: Self.maxBytes)
+        } catch .cannotOpen(let why) {
+            throw ParseError(description: "cannot read options file \(path): \(why)")
+        } catch {
+            throw ParseError(description: "options file \(path) is larger than \(Self.maxBytes) bytes")
         }
         guard let text = String(validating: bytes, as: UTF8.self) else {
             throw ParseError(description: "options file \(path) is not UTF-8")
