@@ -43,7 +43,7 @@ struct Megaphone: ParsableCommand {
     @Option(help: "Log line format: text, or json (one object per line, for log shippers).")
     var logFormat: LogFormatOption = .text
 
-    @Option(help: "Reactor threads (default: one per core).")
+    @Option(help: "Reactor threads (default: one per four cores, at least one; with one, the reactor runs on the distribution thread).")
     var threads: Int? = nil
 
     @Option(help: "Seconds without traffic after which a connected Erlang node counts as gone (its net_ticktime).")
@@ -131,7 +131,7 @@ struct Megaphone: ParsableCommand {
             host: host ?? ServerConfiguration.defaultHost(),
             cookie: try readCookie(),
             distPort: distPort,
-            threads: threads ?? max(1, Int(sysconf(CInt(_SC_NPROCESSORS_ONLN)))),
+            threads: threads ?? ServerConfiguration.defaultThreads(cores: Int(sysconf(CInt(_SC_NPROCESSORS_ONLN)))),
             netTicktime: netTicktime,
             distQueueLimit: distQueueLimit,
             distInterface: parseIPv4(distInterface) ?? .loopbackIPv4,
