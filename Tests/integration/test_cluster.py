@@ -19,7 +19,9 @@ net_ticktime (TICK) as in test_faults.py, so that a frozen node is dropped withi
   * a third Megaphone node that the two ejabberd nodes configure with different listeners: the
     second `start` gets config_mismatch (in both logs), the first configuration is kept;
   * a rolling restart of both ejabberd nodes under load and a connect loop: no refusal at any
-    moment, the clients of the node not being restarted are not touched.
+    moment, the clients of the node not being restarted are not touched;
+  * an ejabberd node that has begun to stop (ejabberd_stopping run, listeners and ejabberd_sm
+    stopped, mod_megaphone not yet) is detached already: new logins go to the other node.
 
 Runs in the suite's parser mode (MEGAPHONE_PARSER); `scripts/test-integration -k test_cluster`.
 """
@@ -555,6 +557,30 @@ def test_a_rolling_restart_of_the_cluster_never_closes_a_listener(cluster: Clust
     assert loop.failures == [], f"no listener at some moment: {loop.failures[:5]}"
     wait_for(lambda: sum(nd.connections() for nd in c.nodes) == N_MP, 20, "one connection per Megaphone client")
     assert load.round(timeout=30) == []
+
+
+def test_a_stopping_ejabberd_node_is_offered_no_connection(cluster: ClusterEnv):
+    """What ejabberd_app:prep_stop/1 does before gen_mod:stop/0 stops mod_megaphone (run the
+    ejabberd_stopping hook, stop the listeners, stop ejabberd_sm), done by hand on ej2 so that the
+    moment lasts: ej2 must already be detached from both Megaphone nodes, and every new login goes
+    to ej1. Before mod_megaphone detached on ejabberd_stopping, ej2 stayed a controller until its
+    module stopped, least_sessions gave it half of these logins, and they hung (no ejabberd_sm)."""
+    c = cluster
+    stopping, other = c.ej2, c.ej1
+    assert stopping.rpc("ejabberd_hooks:run(ejabberd_stopping, []), ejabberd_listener:stop(), "
+                        "ejabberd_sm:stop(), ok.") == "ok"
+    try:
+        wait_for(lambda: all({str(k) for k in n.stats(timeout=2)["controller_nodes"]} == {other.node}
+                             for n in c.nodes), 10, f"{stopping.node} to be detached from both Megaphone nodes",
+                 on_timeout=c.logs)
+        assert stopping.rpc("mod_megaphone:status().") == []
+        cl = c.load_client(c.port(c.a), 1, 10)
+        done = cl.login(timeout=30)
+        assert (done["logged_in"], done["failed"]) == (10, 0), cl.logs_tail()
+        assert sorted(c.local_users(other)) == sorted(f"xb{i}" for i in range(1, 11))
+        assert cl.finish() == 0
+    finally:
+        stopping.restart()   # the rest of prep_stop, and back: ensure_healthy waits for it to attach
 
 
 def test_a_frozen_ejabberd_node_is_dropped_and_the_other_keeps_chatting(cluster: ClusterEnv):
