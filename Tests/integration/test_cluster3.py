@@ -56,6 +56,7 @@ def test_leave_cluster_drains_the_leaving_node(cluster3: ClusterEnv):
     on_stay = set().union(*(c.local_users(e) for e in stay))
     assert on_leaver and len(on_leaver) + len(on_stay) == n_all, (on_leaver, on_stay)
     losses0 = [cl.losses for cl in load.clients]
+    node_down0 = {n.node: n.stats()["closed"].get("node_down", 0) for n in c.nodes}
     pid = leaver.beam_pid()
     seen_after: list[dict] = []   # the Megaphone nodes' controller nodes, polled after the leave
     loop = ConnectLoop([c.port(c.a), c.port(c.b)])
@@ -86,6 +87,10 @@ def test_leave_cluster_drains_the_leaving_node(cluster3: ClusterEnv):
     assert sorted(str(x) for x in c.ej1.rpc("ejabberd_cluster:get_nodes().")) == sorted(e.node for e in stay)
     for per in seen_after:
         assert leaver.node not in per, per
+    # Drained, not dropped: its mod_megaphone detached before the node halted, so the Megaphone
+    # nodes closed its connections on request, none for a lost link.
+    for n in c.nodes:
+        assert n.stats()["closed"].get("node_down", 0) == node_down0[n.node], n.stats()["closed"]
     # Its clients lost their connection exactly once (none was offered to it again while it
     # stopped); the others never.
     for user in on_stay:

@@ -12,9 +12,9 @@ import subprocess
 from pathlib import Path
 
 from .env import EPMD_PORT
-from .errors import HarnessError
+from .errors import Abort, HarnessError
 from .net import can_connect
-from .processes import unique, wait_for
+from .processes import raise_now, unique, wait_for
 from .registry import register
 
 
@@ -66,7 +66,7 @@ class NetNamespace:
                                              stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                              start_new_session=True)
             wait_for(lambda: can_connect(EPMD_PORT, self.ns_addr) or
-                     (self.epmd.poll() is not None and (_ for _ in ()).throw(HarnessError("epmd exited"))),
+                     (self.epmd.poll() is not None and raise_now(Abort(f"epmd exited with {self.epmd.returncode}"))),
                      10, f"epmd in {self.name} on {self.ns_addr}")
         except Exception:
             self.cleanup()
