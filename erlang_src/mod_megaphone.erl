@@ -36,6 +36,7 @@
 %% Hooks.
 -export([c2s_handle_recv/3]).
 -export([c2s_handle_info/2]).
+-export([stopping/0]).
 
 %% gen_mod callbacks.
 -export([start/2]).
@@ -115,6 +116,8 @@ start(Host, Opts) ->
     ejabberd_hooks:add(c2s_handle_recv, Host, ?MODULE, c2s_handle_recv, 1),
     %% Before ejabberd_c2s's own (100), which logs what it does not know.
     ejabberd_hooks:add(c2s_handle_info, Host, ?MODULE, c2s_handle_info, 50),
+    %% Global: one per node, however many hosts load the module.
+    ejabberd_hooks:add(ejabberd_stopping, ?MODULE, stopping, 50),
     case gen_mod:start_child(?MODULE, Host, Opts, ?MODULE) of
         {ok, Pid} -> {ok, Pid};
         {error, {already_started, _}} ->
@@ -132,6 +135,7 @@ stop(Host) ->
             ok;
         false ->
             ejabberd_commands:unregister_commands(megaphone_status:commands()),
+            ejabberd_hooks:delete(ejabberd_stopping, ?MODULE, stopping, 50),
             _ = gen_mod:stop_child(?MODULE),
             ok
     end.
@@ -351,6 +355,8 @@ handle_call(nodes, _From, #state{nodes = Nodes} = State) ->
     Reply = [{Name, Status, Sessions}
              || #mp_node{name = Name, status = Status, sessions = Sessions} <- maps:values(Nodes)],
     {reply, lists:sort(Reply), State};
+handle_call(detach_all, _From, #state{nodes = Nodes} = State) ->
+    {reply, ok, maps:fold(fun detach/3, State, Nodes)};
 handle_call(Request, From, State) ->
     ?WARNING_MSG("Unexpected call from ~p: ~p", [From, Request]),
     {noreply, State}.
@@ -665,6 +671,28 @@ parser_options(Opts) ->
 %%====================================================================
 %% Hooks
 %%====================================================================
+
+%% ejabberd is stopping (`ejabberdctl stop', `leave_cluster', the restart
+%% inside `join_cluster'): ejabberd_app:prep_stop/1 runs this hook first,
+%% then stops the listeners and ejabberd_sm, and only then gen_mod:stop/0
+%% stops this module. Until then the Megaphone nodes still count this node as
+%% a controller and, with least_sessions, give it the next connections, whose
+%% sessions cannot open without ejabberd_sm (their logins hang until the
+%% module stops). So detach from every Megaphone node here, at the start: the
+%% nodes close this node's connections and its sessions are told to close,
+%% the nodes keep their listeners for the other nodes of the cluster and
+%% offer this node nothing more. A connection already on its way is refused
+%% (start_session/6, node no longer ours).
+-spec stopping() -> ok.
+stopping() ->
+    try
+        gen_server:call(?MODULE, detach_all, ?START_TIMEOUT)
+    catch
+        exit:Reason ->
+            %% Not running, or too slow: terminate/2 detaches what is left.
+            ?DEBUG("mod_megaphone did not detach on ejabberd_stopping: ~p", [Reason]),
+            ok
+    end.
 
 %% Runs inside each c2s for every element it has handled; in a parsed
 %% session, gives the node credit for the next ones.

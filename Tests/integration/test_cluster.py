@@ -19,13 +19,16 @@ net_ticktime (TICK) as in test_faults.py, so that a frozen node is dropped withi
   * a third Megaphone node that the two ejabberd nodes configure with different listeners: the
     second `start` gets config_mismatch (in both logs), the first configuration is kept;
   * a rolling restart of both ejabberd nodes under load and a connect loop: no refusal at any
-    moment, the clients of the node not being restarted are not touched.
+    moment, the clients of the node not being restarted are not touched;
+  * an ejabberd node that has begun to stop (ejabberd_stopping run, listeners and ejabberd_sm
+    stopped, mod_megaphone not yet) is detached already: new logins go to the other node.
 
 Runs in the suite's parser mode (MEGAPHONE_PARSER); `scripts/test-integration -k test_cluster`.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
@@ -56,17 +59,22 @@ N_NATIVE = 2        # raw clients on the surviving node's own c2s port
 
 @dataclass
 class ClusterEnv:
+    """N ejabberd nodes in one Mnesia cluster (`ejs`, N >= 2) and two Megaphone nodes (a, b) that
+    every one of them configures: each Megaphone node has N controllers."""
     base: Path
-    ej1: Ejabberd
-    ej2: Ejabberd
+    ejs: list[Ejabberd]
     a: MegaphoneNode
     b: MegaphoneNode
     ports: dict[str, int]
     extra: list = field(default_factory=list)   # processes a test started (stopped at the end)
 
     @property
-    def ejs(self) -> list[Ejabberd]:
-        return [self.ej1, self.ej2]
+    def ej1(self) -> Ejabberd:
+        return self.ejs[0]
+
+    @property
+    def ej2(self) -> Ejabberd:
+        return self.ejs[1]
 
     @property
     def nodes(self) -> list[MegaphoneNode]:
@@ -96,8 +104,10 @@ class ClusterEnv:
     def running_db_nodes(self, ej: Ejabberd) -> list[str]:
         return sorted(str(n) for n in ej.rpc("mnesia:system_info(running_db_nodes)."))
 
-    def attached(self, n_controllers: int = 2) -> bool:
-        return all(n.stats(timeout=2)["controllers"] == n_controllers for n in self.nodes)
+    def attached(self, n_controllers: int | None = None) -> bool:
+        """Every Megaphone node has n_controllers controllers (default: one per ejabberd node)."""
+        want = len(self.ejs) if n_controllers is None else n_controllers
+        return all(n.stats(timeout=2)["controllers"] == want for n in self.nodes)
 
     def ensure_healthy(self) -> None:
         for n in self.nodes:
@@ -107,10 +117,10 @@ class ClusterEnv:
             if not e.is_running():
                 e._after_exit()
                 e.start()
-        both = sorted(e.node for e in self.ejs)
-        wait_for(lambda: self.running_db_nodes(self.ej1) == both and self.running_db_nodes(self.ej2) == both,
-                 60, "both ejabberd nodes in one running Mnesia cluster", on_timeout=self.logs)
-        wait_for(self.attached, 30, "both ejabberd nodes attached to both Megaphone nodes", on_timeout=self.logs)
+        every = sorted(e.node for e in self.ejs)
+        wait_for(lambda: all(self.running_db_nodes(e) == every for e in self.ejs),
+                 60, "every ejabberd node in one running Mnesia cluster", on_timeout=self.logs)
+        wait_for(self.attached, 30, "every ejabberd node attached to both Megaphone nodes", on_timeout=self.logs)
         wait_for(lambda: self.ej1.rpc("ejabberd_sm:connected_users_number().") == 0, 30,
                  "no session left from an earlier test", on_timeout=self.logs)
         for n in self.nodes:
@@ -224,33 +234,37 @@ def _ms(xs: list[float]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def cluster_module():
+@contextlib.contextmanager
+def running_cluster(n_ej: int, prefix: str = "mpcl"):
+    """Two Megaphone nodes and n_ej ejabberd nodes, each configuring both, joined one by one into
+    ej1's cluster, with USERS registered; every process stopped (by PID) at the end."""
     conftest._check_built()
-    base = Path(tempfile.mkdtemp(prefix="megaphone-it-cluster-"))
+    base = Path(tempfile.mkdtemp(prefix=f"megaphone-it-cluster{n_ej}-"))
     os.chmod(base, 0o755)
-    ej1 = ej2 = a = b = None
+    ejs: list[Ejabberd] = []
+    a = b = None
     env = None
     failed = True
     try:
         cookie = secrets.token_hex(16)
-        names = [unique("mpcl_a_"), unique("mpcl_b_")]
+        names = [unique(f"{prefix}_a_"), unique(f"{prefix}_b_")]
         ports = {f"{n}@localhost": free_port() for n in names}
         # Same cookie and the same megaphone nodes: what every node of a cluster reads from a shared
         # ejabberd.yml.
-        ej1 = Ejabberd(base, ports, cookie=cookie, connect_retry=1, net_ticktime=TICK)
-        ej2 = Ejabberd(base, ports, cookie=cookie, connect_retry=1, net_ticktime=TICK)
-        a, b = (MegaphoneNode(base / "nodes", cookie, ej1.helper, name=n,
+        ejs = [Ejabberd(base, ports, cookie=cookie, connect_retry=1, net_ticktime=TICK) for _ in range(n_ej)]
+        a, b = (MegaphoneNode(base / "nodes", cookie, ejs[0].helper, name=n,
                               extra_args=["--net-ticktime", str(TICK)]) for n in names)
         a.start()
         b.start()
-        ej1.start()
-        ej2.start()
-        env = ClusterEnv(base, ej1, ej2, a, b, ports)
-        wait_for(env.attached, 60, "both ejabberd nodes attached to both Megaphone nodes", on_timeout=env.logs)
-        # The join restarts ejabberd (not the beam) on ej2; its controller detaches and comes back.
-        ej2.ctl("join_cluster", ej1.node, timeout=120)
-        r = ej1.register_numbered(USERS, timeout=120)
+        for ej in ejs:
+            ej.start()
+        env = ClusterEnv(base, ejs, a, b, ports)
+        wait_for(env.attached, 60, "every ejabberd node attached to both Megaphone nodes", on_timeout=env.logs)
+        # The join restarts ejabberd (not the beam) on the joining node; its controller detaches
+        # and comes back.
+        for ej in ejs[1:]:
+            ej.ctl("join_cluster", ejs[0].node, timeout=120)
+        r = ejs[0].register_numbered(USERS, timeout=120)
         assert r == [], r
         env.ensure_healthy()
         yield env
@@ -258,9 +272,15 @@ def cluster_module():
     finally:
         if env is not None:
             env.stop_extra()
-        conftest._tear_down(base, (ej2, ej1, b, a), "cluster integration")
+        conftest._tear_down(base, (*reversed(ejs), b, a), f"{n_ej}-node cluster integration")
         if failed:
             print(f"\ncluster temp tree: {base}")
+
+
+@pytest.fixture(scope="module")
+def cluster_module():
+    with running_cluster(2) as env:
+        yield env
 
 
 @pytest.fixture
@@ -273,43 +293,49 @@ def cluster(cluster_module: ClusterEnv):
 # --------------------------------------------------------------------------------------------
 
 
-def test_users_spread_over_the_cluster_and_chat_across_it(cluster: ClusterEnv):
-    c = cluster
-    assert sorted(str(n) for n in c.ej1.rpc("ejabberd_cluster:get_nodes().")) == sorted([c.ej1.node, c.ej2.node])
+def spread_and_chat(c: ClusterEnv) -> None:
+    """200 users through the two Megaphone nodes (100 each) and one native user on every ejabberd
+    node: the users spread evenly over the ejabberd nodes, chat across all of them, and
+    megaphone_status on every node agrees with the Megaphone nodes' own counts."""
+    n_ej = len(c.ejs)
+    assert sorted(str(n) for n in c.ej1.rpc("ejabberd_cluster:get_nodes().")) == sorted(e.node for e in c.ejs)
     la = c.load_client(c.port(c.a), 1, 100)
     lb = c.load_client(c.port(c.b), 101, 100)
-    # one native user on each ejabberd node's own port
-    n1 = c.load_client(c.ej1.c2s_port, 201, 1)
-    n2 = c.load_client(c.ej2.c2s_port, 202, 1)
-    for cl, n in ((la, 100), (lb, 100), (n1, 1), (n2, 1)):
+    # one native user on each ejabberd node's own port: xb201, xb202, ...
+    natives = [c.load_client(ej.c2s_port, 201 + k, 1) for k, ej in enumerate(c.ejs)]
+    for cl, n in [(la, 100), (lb, 100)] + [(nc, 1) for nc in natives]:
         done = cl.login()
         assert (done["logged_in"], done["failed"]) == (n, 0), cl.logs_tail()
 
-    on1, on2 = c.local_users(c.ej1), c.local_users(c.ej2)
-    assert "xb201" in on1 and "xb202" in on2
-    mp1 = [u for u in on1 if u != "xb201"]
-    mp2 = [u for u in on2 if u != "xb202"]
-    print(f"sessions: {c.ej1.node} {len(mp1)} + native 1, {c.ej2.node} {len(mp2)} + native 1")
-    assert len(mp1) + len(mp2) == 200 and not set(mp1) & set(mp2)
-    assert c.ej1.rpc("ejabberd_sm:connected_users_number().") == 202  # cluster-wide
+    mp: list[list[str]] = []   # Megaphone users per ejabberd node
+    for k, ej in enumerate(c.ejs):
+        local = c.local_users(ej)
+        assert f"xb{201 + k}" in local, (ej.node, local)
+        mp.append([u for u in local if u != f"xb{201 + k}"])
+    print("sessions: " + ", ".join(f"{ej.node} {len(m)} + native 1" for ej, m in zip(c.ejs, mp)))
+    assert sum(len(m) for m in mp) == 200 and len(set().union(*map(set, mp))) == 200
+    assert c.ej1.rpc("ejabberd_sm:connected_users_number().") == 200 + n_ej  # cluster-wide
     # least_sessions: each Megaphone node gives a new connection to the ejabberd node that owns
     # fewer of its connections, ties in turn, and nothing closed during the logins: each node's
-    # 100 split 50/50 give or take one (a race between its reactors), so the cluster's within 2 + 2.
-    assert abs(len(mp1) - len(mp2)) <= 4, (len(mp1), len(mp2))
+    # 100 split evenly give or take one (a race between its reactors), so the cluster's within 2 + 2.
+    sizes = [len(m) for m in mp]
+    assert max(sizes) - min(sizes) <= 4, sizes
     for n, lo, hi in ((c.a, 1, 100), (c.b, 101, 200)):
         per = c.per_node(n)
         mine = {f"xb{i}" for i in range(lo, hi + 1)}
-        assert per == {c.ej1.node: len(mine & set(mp1)), c.ej2.node: len(mine & set(mp2))}, per
-        assert abs(per[c.ej1.node] - per[c.ej2.node]) <= 2, per
+        assert per == {ej.node: len(mine & set(m)) for ej, m in zip(c.ejs, mp)}, per
+        assert max(per.values()) - min(per.values()) <= 2, per
         assert n.connections() == 100
 
     # Chat: one user of each (Megaphone node, ejabberd node) pair and each native user sends to all
     # the others: every message between ejabberd nodes crosses the cluster.
     def first(users, lo, hi):
         return next(int(u[2:]) for u in sorted(users, key=lambda u: int(u[2:])) if lo <= int(u[2:]) <= hi)
-    ends = {"a/ej1": (la, first(mp1, 1, 100)), "a/ej2": (la, first(mp2, 1, 100)),
-            "b/ej1": (lb, first(mp1, 101, 200)), "b/ej2": (lb, first(mp2, 101, 200)),
-            "native/ej1": (n1, 201), "native/ej2": (n2, 202)}
+    ends = {}
+    for k, m in enumerate(mp):
+        ends[f"a/ej{k + 1}"] = (la, first(m, 1, 100))
+        ends[f"b/ej{k + 1}"] = (lb, first(m, 101, 200))
+        ends[f"native/ej{k + 1}"] = (natives[k], 201 + k)
     sent = []
     for src, (scl, si) in ends.items():
         for dst, (dcl, di) in ends.items():
@@ -322,10 +348,10 @@ def test_users_spread_over_the_cluster_and_chat_across_it(cluster: ClusterEnv):
         assert (got["to"], got["from"]) == (di, si)
     print(f"chat: {len(sent)} messages between {len(ends)} ends delivered")
 
-    # megaphone_status on either node: both Megaphone nodes, started, with their connections per
+    # megaphone_status on every node: both Megaphone nodes, started, with their connections per
     # ejabberd node (the same numbers as the nodes' own stats) and the sessions of this node.
     per = {n.node: c.per_node(n) for n in c.nodes}
-    for ej, mine in ((c.ej1, mp1), (c.ej2, mp2)):
+    for ej, mine in zip(c.ejs, mp):
         out = ej.ctl("megaphone_status").stdout
         rows = {line.split("\t")[0]: line.split("\t") for line in out.splitlines() if line.strip()}
         assert set(rows) == {c.a.node, c.b.node}, out
@@ -337,9 +363,13 @@ def test_users_spread_over_the_cluster_and_chat_across_it(cluster: ClusterEnv):
             assert row[8] == " ".join(f"{k}={v}" for k, v in sorted(per[n.node].items())), out
         print(f"{ej.node} megaphone_status:\n{out}")
 
-    for cl in (la, lb, n1, n2):
+    for cl in [la, lb] + natives:
         assert cl.finish() == 0
     wait_for(lambda: c.ej1.rpc("ejabberd_sm:connected_users_number().") == 0, 30, "every session to end")
+
+
+def test_users_spread_over_the_cluster_and_chat_across_it(cluster: ClusterEnv):
+    spread_and_chat(cluster)
 
 
 def _other_fds(n: MegaphoneNode) -> int:
@@ -527,6 +557,30 @@ def test_a_rolling_restart_of_the_cluster_never_closes_a_listener(cluster: Clust
     assert loop.failures == [], f"no listener at some moment: {loop.failures[:5]}"
     wait_for(lambda: sum(nd.connections() for nd in c.nodes) == N_MP, 20, "one connection per Megaphone client")
     assert load.round(timeout=30) == []
+
+
+def test_a_stopping_ejabberd_node_is_offered_no_connection(cluster: ClusterEnv):
+    """What ejabberd_app:prep_stop/1 does before gen_mod:stop/0 stops mod_megaphone (run the
+    ejabberd_stopping hook, stop the listeners, stop ejabberd_sm), done by hand on ej2 so that the
+    moment lasts: ej2 must already be detached from both Megaphone nodes, and every new login goes
+    to ej1. Before mod_megaphone detached on ejabberd_stopping, ej2 stayed a controller until its
+    module stopped, least_sessions gave it half of these logins, and they hung (no ejabberd_sm)."""
+    c = cluster
+    stopping, other = c.ej2, c.ej1
+    assert stopping.rpc("ejabberd_hooks:run(ejabberd_stopping, []), ejabberd_listener:stop(), "
+                        "ejabberd_sm:stop(), ok.") == "ok"
+    try:
+        wait_for(lambda: all({str(k) for k in n.stats(timeout=2)["controller_nodes"]} == {other.node}
+                             for n in c.nodes), 10, f"{stopping.node} to be detached from both Megaphone nodes",
+                 on_timeout=c.logs)
+        assert stopping.rpc("mod_megaphone:status().") == []
+        cl = c.load_client(c.port(c.a), 1, 10)
+        done = cl.login(timeout=30)
+        assert (done["logged_in"], done["failed"]) == (10, 0), cl.logs_tail()
+        assert sorted(c.local_users(other)) == sorted(f"xb{i}" for i in range(1, 11))
+        assert cl.finish() == 0
+    finally:
+        stopping.restart()   # the rest of prep_stop, and back: ensure_healthy waits for it to attach
 
 
 def test_a_frozen_ejabberd_node_is_dropped_and_the_other_keeps_chatting(cluster: ClusterEnv):

@@ -16,7 +16,7 @@ from .erl_helper import ErlError, ErlHelper
 from .errors import Abort, HarnessError
 from .files import chown_tree, tail, write_private_file
 from .net import can_connect, epmd_names, free_port, free_port_range
-from .processes import comm, kill_pid, pid_alive, pids_with_arg_pair, raise_now, unique, wait_for
+from .processes import comm, kill_pid, name_flag, pid_alive, pids_with_arg_pair, raise_now, unique, wait_for
 from .registry import register
 from .terms import binary
 
@@ -94,12 +94,15 @@ class Ejabberd:
                  native_tls_certfile: Path | None = None,
                  c2s_opts: dict[str, Any] | None = None,
                  ctl_env: dict[str, Any] | None = None, erl_options: str = "",
-                 net_ticktime: int | None = None):
+                 net_ticktime: int | None = None, host: str = "localhost"):
         self.name = unique("mpit_ej_")
         # a short net_ticktime makes lost nodes noticed within seconds (fault tests); the helper
         # node gets the same one, or one of the two would drop the other when idle
         self.net_ticktime = net_ticktime
-        self.node = f"{self.name}@localhost"
+        # A dotted host (`10.200.0.1`, `ejabberd.example`) makes a long name: ejabberdctl then runs
+        # the node and its ctl nodes with -name, and the helper node must use long names too.
+        self.host = host
+        self.node = f"{self.name}@{host}"
         # ejabberdctl runs ejabberd as user ejabberd: every parent must be traversable.
         os.chmod(base_dir, 0o755)
         # Not "ejabberd-*": with $RUN/ebin on the code path, code:lib_dir(ejabberd) would take
@@ -139,7 +142,7 @@ class Ejabberd:
         uid, gid = _ejabberd_ids()
         chown_tree(self.run_dir, uid, gid)
         self.helper = ErlHelper(self.cookie, base_dir / "helper", code_paths=[self.ebin, MEGAPHONE_EBIN],
-                                erl_args=self._ticktime_args())
+                                erl_args=self._ticktime_args(), host=host)
         register(self)
 
     def _ticktime_args(self) -> list[str]:
@@ -365,7 +368,7 @@ EJABBERD_BYPASS_WARNINGS=true
     def _is_our_beam(self, pid: int | None) -> bool:
         """pid is alive and is this node's beam (guards against a stale pid file / reused PID)."""
         return (pid is not None and pid_alive(pid) and comm(pid).startswith("beam")
-                and pid in pids_with_arg_pair("-sname", self.node, only=[pid]))
+                and pid in pids_with_arg_pair(name_flag(self.host), self.node, only=[pid]))
 
     def beam_pid(self) -> int | None:
         try:
@@ -376,7 +379,7 @@ EJABBERD_BYPASS_WARNINGS=true
             pass
         # Not written yet: find the beam by its exact node name (ctl clients use other names;
         # su, sh and erlexec, which carry the same arguments for a moment, are not beam.smp).
-        pids = [p for p in pids_with_arg_pair("-sname", self.node) if self._is_our_beam(p)]
+        pids = [p for p in pids_with_arg_pair(name_flag(self.host), self.node) if self._is_our_beam(p)]
         return pids[0] if pids else None
 
     def start(self, timeout: float = 60) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 from .env import HERE
 from .errors import HarnessError
 from .files import tail
-from .processes import unique
+from .processes import name_flag, unique
 from .registry import register
 from .terms import binary_to_term
 
@@ -34,13 +34,14 @@ class ErlHelper:
     """
 
     def __init__(self, cookie: str, workdir: Path, code_paths: Iterable[Path] = (),
-                 erl_args: Iterable[str] = ()):
+                 erl_args: Iterable[str] = (), host: str = "localhost"):
         self.cookie = cookie
         self.erl_args = list(erl_args)  # further emulator flags (bench/xmpp's client nodes)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.name = unique("mpit_helper_")
-        self.node = f"{self.name}@localhost"
+        self.node = f"{self.name}@{host}"   # a dotted host: long names (-name), as the nodes it talks to
+        self.host = host
         self.code_paths = [str(p) for p in code_paths]
         self.proc: subprocess.Popen | None = None
         self._buf = b""
@@ -59,7 +60,7 @@ class ErlHelper:
 
     def start(self) -> None:
         ebin = self._compile()
-        args = ["erl", "-sname", self.node, "-hidden", "-setcookie", self.cookie, "-noshell",
+        args = ["erl", name_flag(self.host), self.node, "-hidden", "-setcookie", self.cookie, "-noshell",
                 "-pa", str(ebin)]
         for p in self.code_paths:
             args += ["-pa", p]

@@ -19,15 +19,21 @@ from .terms import atom
 
 
 class MegaphoneNode:
-    """The real `megaphone` binary, registered in epmd as NAME@localhost."""
+    """The real `megaphone` binary, registered in epmd as NAME@HOST (localhost by default).
+
+    host: the node name's host part (`--host`; dotted: a long name).
+    netns: run it inside this network namespace (`ip netns exec`, which execs the binary: the PID is
+        the node's); then `epmd_host` is the address where that namespace's epmd answers."""
 
     def __init__(self, base_dir: Path, cookie: str, helper: ErlHelper, *, name: str | None = None,
                  binary: Path = MEGAPHONE_BIN, log_level: str | None = "info", threads: int | None = None,
-                 extra_args: Iterable[str] = ()):
+                 extra_args: Iterable[str] = (), host: str = "localhost", netns: str | None = None,
+                 epmd_host: str = "127.0.0.1"):
         self.name = name or unique("mpit_mp_")
         self.threads = threads
         self.extra_args = list(extra_args)
-        self.node = f"{self.name}@localhost"
+        self.host, self.netns, self.epmd_host = host, netns, epmd_host
+        self.node = f"{self.name}@{host}"
         self.dir = Path(base_dir) / self.name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.cookie_file = self.dir / "cookie"
@@ -50,20 +56,21 @@ class MegaphoneNode:
     def start(self, timeout: float = 15) -> None:
         if self.alive():
             raise HarnessError(f"{self.node} is already running")
-        wait_for(lambda: self.name not in epmd_names(), 10, f"{self.node} to leave epmd")
+        wait_for(lambda: self.name not in epmd_names(self.epmd_host), 10, f"{self.node} to leave epmd")
         self.starts += 1
         self.expect_running = True
         with open(self.log_path, "ab") as log:
             log.write(f"==== start #{self.starts} at {time.strftime('%H:%M:%S')}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                [str(self.binary), "--name", self.name, "--host", "localhost",
+                (["ip", "netns", "exec", self.netns] if self.netns else [])
+                + [str(self.binary), "--name", self.name, "--host", self.host,
                  "--cookie-file", str(self.cookie_file)]
                 + (["--log-level", self.log_level] if self.log_level else [])
                 + (["--threads", str(self.threads)] if self.threads else []) + self.extra_args,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.dir, start_new_session=True)
         try:
-            wait_for(lambda: self.name in epmd_names() or
+            wait_for(lambda: self.name in epmd_names(self.epmd_host) or
                      (self.proc.poll() is not None and raise_now(Abort(f"exited with {self.proc.returncode}"))),
                      timeout, f"{self.node} to register in epmd")
         except Exception as e:
@@ -84,7 +91,7 @@ class MegaphoneNode:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
-        wait_for(lambda: self.name not in epmd_names(), 10, f"{self.node} to leave epmd")
+        wait_for(lambda: self.name not in epmd_names(self.epmd_host), 10, f"{self.node} to leave epmd")
 
     def stop(self, timeout: float = 20) -> int | None:
         """SIGTERM (graceful shutdown), by PID; SIGKILL after the deadline. Returns the exit status."""
@@ -98,7 +105,7 @@ class MegaphoneNode:
             except subprocess.TimeoutExpired:
                 self.proc.send_signal(signal.SIGKILL)
                 self.proc.wait(10)
-        wait_for(lambda: self.name not in epmd_names(), 10, f"{self.node} to leave epmd")
+        wait_for(lambda: self.name not in epmd_names(self.epmd_host), 10, f"{self.node} to leave epmd")
         return self.proc.returncode
 
     def restart(self, graceful: bool = True) -> None:

@@ -61,10 +61,11 @@ def hang_up_storm(port: int, count: int, burst: int = 50, host: str = "127.0.0.1
         done += len(socks)
 
 
-def epmd_names() -> dict[str, int]:
-    """Names registered in the local epmd (NAMES_REQ), name -> port. {} if epmd is not up."""
+def epmd_names(host: str = "127.0.0.1") -> dict[str, int]:
+    """Names registered in the epmd at host (the local one by default; NAMES_REQ), name -> port.
+    {} if epmd is not up."""
     try:
-        with socket.create_connection(("127.0.0.1", EPMD_PORT), timeout=2) as s:
+        with socket.create_connection((host, EPMD_PORT), timeout=2) as s:
             s.sendall(struct.pack(">HB", 1, 110))
             data = b""
             while True:

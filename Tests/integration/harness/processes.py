@@ -42,6 +42,11 @@ def vm_rss(pid: int) -> int:
     raise HarnessError(f"no VmRSS for pid {pid}")
 
 
+def name_flag(host: str) -> str:
+    """erl's flag for a node on `host`: -name for a dotted host (long names), else -sname."""
+    return "-name" if "." in host else "-sname"
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}{os.getpid()}_{secrets.token_hex(3)}"
 
