@@ -633,7 +633,11 @@ def test_a_frozen_ejabberd_node_is_dropped_and_the_other_keeps_chatting(cluster:
         assert n.stats()["net_tick_timeouts"] - ticks0[n.node] == 1, "dropped for silence"
     # The other node's clients chatted throughout: every message delivered, none slow.
     assert all(x != float("inf") for x in during), f"{sum(x == float('inf') for x in during)} messages lost"
-    assert _percentile(during, 0.99) < 1.0
+    # "Latency within a few ms of normal throughout" (issue 15): the median moves by less than 5 ms
+    # and the 99th percentile by less than 50 ms, a margin for a loaded 2-core CI machine's
+    # scheduling (measured on a quiet one: p50 1.4 -> 1.4 ms, p99 4.4 -> 6.6 ms, max 6.9 ms).
+    assert _percentile(during, 0.5) < _percentile(normal, 0.5) + 0.005, f"before {_ms(normal)}; during {_ms(during)}"
+    assert _percentile(during, 0.99) < _percentile(normal, 0.99) + 0.050, f"before {_ms(normal)}; during {_ms(during)}"
     for user in on_survivor:
         assert load.clients[idx[user]].losses == losses0[idx[user]], f"{user} on the other node was cut off"
     # The frozen node's clients were cut off by the Megaphone nodes and are back, on the other node.
