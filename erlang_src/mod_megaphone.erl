@@ -586,10 +586,12 @@ start_failed(Ref, Reason, #state{nodes = Nodes} = State) ->
             case Reason of
                 {config_mismatch, Names} ->
                     %% Another ejabberd node of the cluster attached it first,
-                    %% with other options: the node keeps theirs.
+                    %% with other options: the node keeps theirs until every
+                    %% attached ejabberd node asks for the same new ones.
                     ?ERROR_MSG("Megaphone node ~ts serves other ejabberd nodes with another "
                                "configuration (these options differ: ~p); set the same "
-                               "mod_megaphone options on every node of the cluster",
+                               "mod_megaphone options on every node of the cluster (a change "
+                               "takes effect once every attached node has reloaded it)",
                                [Name, Names]);
                 _ ->
                     ?ERROR_MSG("Megaphone node ~ts refused to start: ~p", [Name, Reason])

@@ -29,7 +29,10 @@ cluster_test_() ->
                                    fun round_robin_and_node_down/1, 90),
       megaphone_test_node:instance("least_sessions fills the emptier node; "
                                    "a controller's shutdown detaches only it",
-                                   fun least_sessions_and_leave/1, 90)]}.
+                                   fun least_sessions_and_leave/1, 90),
+      megaphone_test_node:instance("a new configuration is taken once every attached controller "
+                                   "asks for it (a rolling reload_config)",
+                                   fun rolling_reconfiguration/1, 90)]}.
 
 %% A frozen controller node must not hold the clients of the other: the
 %% node's client-bytes budget (`--dist-queue-limit', 1 MiB here) is shared,
@@ -150,6 +153,50 @@ least_sessions_and_leave(#{node := Node, cookie := Cookie}) ->
         catch peer:stop(PeerB)
     end.
 
+%% An ejabberd cluster changes shared options node by node (`reload_config'
+%% on each): the first to ask is refused while the others hold the old
+%% configuration, and the ask that makes them all agree applies it.
+rolling_reconfiguration(#{node := Node, cookie := Cookie}) ->
+    {_, PeerA, RelayA} = controller_node(Node, Cookie),
+    {_, PeerB, RelayB} = controller_node(Node, Cookie),
+    {_, PeerC, RelayC} = controller_node(Node, Cookie),
+    try
+        Opts = [{listen, [{tcp, ?LOCALHOST, 0}]}, {announce_timeout, infinity}],
+        {ok, #{listeners := [{tcp, _, Port}], max_chunk := OldChunk}} = start(PeerA, Node, RelayA, Opts),
+        {ok, _} = start(PeerB, Node, RelayB, Opts),
+        {Kept, _, _} = connect(Port),
+        NewPort = free_port(),
+        New = [{listen, [{tcp, ?LOCALHOST, NewPort}]}, {max_chunk, OldChunk * 2} | tl(Opts)],
+        Mismatch = {error, {config_mismatch, [listen, max_chunk]}},
+
+        %% B asks first: refused while A holds the old one; nothing changes.
+        ?assertEqual(Mismatch, start(PeerB, Node, RelayB, New)),
+        ?assertMatch(#{controllers := 2, listeners := [{tcp, _, Port}]}, stats(Node)),
+        %% A node that is not attached asks too: refused, and its ask does not count.
+        ?assertEqual(Mismatch, start(PeerC, Node, RelayC, New)),
+        ?assertMatch(#{controllers := 2, listeners := [{tcp, _, Port}]}, stats(Node)),
+
+        %% A asks for the same: every attached controller has, so the node takes it.
+        ?assertMatch({ok, #{listeners := [{tcp, _, NewPort}], max_chunk := _}},
+                     start(PeerA, Node, RelayA, New)),
+        ?assertMatch(#{controllers := 2, listeners := [{tcp, _, NewPort}]}, stats(Node)),
+        ?assertEqual({error, econnrefused}, gen_tcp:connect(?LOCALHOST, Port, [binary], ?WAIT)),
+        %% B's retry agrees now, and C joins with it.
+        ?assertMatch({ok, _}, start(PeerB, Node, RelayB, New)),
+        ?assertMatch({ok, _}, start(PeerC, Node, RelayC, New)),
+        ?assertMatch(#{controllers := 3}, stats(Node)),
+        %% The connection from before the change is still open.
+        ?assertEqual({error, timeout}, gen_tcp:recv(Kept, 0, 200)),
+        ?assertMatch(#{connections := 1}, stats(Node)),
+        %% Going back takes all three again: one alone is refused.
+        ?assertEqual({error, {config_mismatch, [listen, max_chunk]}}, start(PeerB, Node, RelayB, Opts)),
+        ?assertMatch(#{listeners := [{tcp, _, NewPort}]}, stats(Node))
+    after
+        catch peer:stop(PeerA),
+        catch peer:stop(PeerB),
+        catch peer:stop(PeerC)
+    end.
+
 frozen_controller(#{node := Node, cookie := Cookie}) ->
     {A, PeerA, RelayA} = controller_node(Node, Cookie),
     {B, PeerB, RelayB} = controller_node(Node, Cookie),
@@ -188,6 +235,12 @@ frozen_controller(#{node := Node, cookie := Cookie}) ->
         catch peer:stop(PeerA),
         catch peer:stop(PeerB)
     end.
+
+free_port() ->
+    {ok, L} = gen_tcp:listen(0, [{ip, ?LOCALHOST}]),
+    {ok, Port} = inet:port(L),
+    ok = gen_tcp:close(L),
+    Port.
 
 kill(Signal, OsPid) ->
     "" = os:cmd("kill " ++ Signal ++ " " ++ OsPid),

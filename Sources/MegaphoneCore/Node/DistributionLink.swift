@@ -94,6 +94,11 @@ public final class DistributionLink {
     /// Nodes whose connections the reactors leave unread while they are behind (`NodeBacklog`).
     private let backlog: NodeBacklog
     private var options = StartOptions()
+    /// What attached controllers asked for and were refused (`config_mismatch`), by node. When every
+    /// attached controller has asked for the same configuration, the node takes it: how a cluster's
+    /// nodes change shared options one by one (`reload_config` on each). Emptied when a start is
+    /// applied; a controller's entry goes when it detaches.
+    private var proposals: [UInt16: StartOptions] = [:]
     private var listeners = ListenerSet()
     private var shutdown: Shutdown? = nil
     /// What the reactors run with since the last start (for a SIGHUP reload).
@@ -292,6 +297,7 @@ public final class DistributionLink {
     /// had no controller.
     private func detachController(node: UInt16) -> Bool {
         guard controllers.detach(node: node) != nil else { return false }
+        proposals[node] = nil
         if var config = reactorConfig {
             config.controllers = controllerSet(balance: options.balance)
             reactorConfig = config
@@ -558,7 +564,9 @@ public final class DistributionLink {
     /// With controllers of other nodes attached the configuration is theirs too: a `start` must ask
     /// for the same (`StartOptions.disagreements`) or is refused with `{config_mismatch, Names}`, and
     /// one with no listeners is its controller leaving (what mod_megaphone sends when the module
-    /// stops). Alone, a controller reconfigures the node as it likes.
+    /// stops). Alone, a controller reconfigures the node as it likes. An attached controller's
+    /// refused configuration is remembered (`proposals`): the start that makes every attached
+    /// controller ask for the same one applies it, and the others' retries then agree.
     private func start(from: PidRef, ref: [UInt8], options: StartOptions) {
         guard shutdown == nil else { return send(to: from, .requestError(tag: .ref(ref), reason: .shuttingDown)) }
         let controller = options.controller ?? from
@@ -567,13 +575,26 @@ public final class DistributionLink {
             leave(node: controller.node)
             return replyStarted(to: from, ref: ref, controller: controller)
         }
+        var reconfiguring = false
         if shared {
             let differing = options.disagreements(with: self.options)
-            guard differing.isEmpty else {
-                logger.warning("Refused a start that asks for another configuration than the attached controllers'",
-                               metadata: ["controller.node": "\(names.name(of: controller.node) ?? "?")",
-                                          "options": "\(differing)"])
-                return send(to: from, .requestError(tag: .ref(ref), reason: .configMismatch(differing)))
+            if !differing.isEmpty {
+                let attached = controllers.contains(node: controller.node)
+                if attached { proposals[controller.node] = options }
+                let agreed = attached && controllers.pids.allSatisfy { pid in
+                    pid.node == controller.node
+                        || proposals[pid.node].map { $0.disagreements(with: options).isEmpty } == true
+                }
+                guard agreed else {
+                    logger.warning("Refused a start that asks for another configuration than the attached controllers'",
+                                   metadata: ["controller.node": "\(names.name(of: controller.node) ?? "?")",
+                                              "options": "\(differing)",
+                                              "pending": "\(attached ? "until every attached controller asks for it" : "no")"])
+                    return send(to: from, .requestError(tag: .ref(ref), reason: .configMismatch(differing)))
+                }
+                logger.notice("Every attached controller asked for the same new configuration: taking it",
+                              metadata: ["options": "\(differing)", "controllers": "\(controllers.count)"])
+                reconfiguring = true
             }
         }
         // The certificate is (re)loaded on every start: a repeated start is how an operator renews it.
@@ -594,12 +615,13 @@ public final class DistributionLink {
         var change = ListenerSet.Change(added: [], removed: [])
         do {
             // Shared: the same listeners, already open (port-0 ones stay on the ports they got).
-            if !shared { change = try listeners.replace(with: options.listeners) }
+            if !shared || reconfiguring { change = try listeners.replace(with: options.listeners) }
         } catch {
             logger.warning("Cannot listen", metadata: ["listener": "\(error.spec)", "error": "\(error.error)"])
             return send(to: from, .requestError(tag: .ref(ref), reason: .listenFailed(error.spec, errno: error.error.erlangName)))
         }
         controllers.attach(controller)
+        proposals.removeAll()
         let config = ReactorConfig(controllers: controllerSet(balance: options.balance), options: options, tls: tls)
         for reactor in reactors {
             reactor.commands.post(.configure(config))
