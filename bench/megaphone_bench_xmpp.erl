@@ -420,6 +420,16 @@ pcall(Pools, Req, Timeout) ->
 pct([], _) -> undefined;
 pct(L, P) -> 1.0 * lists:nth(max(1, min(length(L), ceil(length(L) * P / 100))), L).
 
+%% Counters of the Megaphone nodes' stats, summed over the nodes.
+mp_counters(MPs) ->
+    Keys = [chunks_delivered, reads_paused, request_reads_paused, nodes_behind],
+    lists:foldl(fun({MP, _}, Acc) ->
+                        case megaphone:stats(MP, 5000) of
+                            {ok, St} -> maps:map(fun(K, V) -> V + maps:get(K, St, 0) end, Acc);
+                            Other -> fail("megaphone:stats(~s): ~p", [MP, Other])
+                        end
+                end, maps:from_list([{K, 0} || K <- Keys]), MPs).
+
 %% Idle notices sent so far, summed over the Megaphone nodes.
 idle_notices(MPs) ->
     lists:sum([case megaphone:stats(MP, 5000) of
@@ -534,6 +544,7 @@ chat_measure(Cfg = #{mp := MPs, secs := Secs, warmup := Warm, clk_tck := Hz}, Po
     C0 = delivered(Pools),
     R0 = read(Cfg),
     N0 = idle_notices(MPs),
+    M0 = mp_counters(MPs),
     timer:sleep(Secs * 1000),
     %% --smoke asks for a number of messages rather than a time.
     MinMsgs = maps:get(min_msgs, Cfg, 0),
@@ -542,6 +553,7 @@ chat_measure(Cfg = #{mp := MPs, secs := Secs, warmup := Warm, clk_tck := Hz}, Po
     C1 = delivered(Pools),
     R1 = read(Cfg),
     N1 = idle_notices(MPs),
+    M1 = mp_counters(MPs),
     [ok = megaphone_bench_load:call(Pl, {measure, false}, 30000) || Pl <- Pools],
     Stops = [megaphone_bench_load:call(Pl, chat_stop, 120000) || Pl <- Pools],
     Sum = fun(Key) -> lists:sum([maps:get(Key, S) || S <- Stops]) end,
@@ -558,6 +570,15 @@ chat_measure(Cfg = #{mp := MPs, secs := Secs, warmup := Warm, clk_tck := Hz}, Po
             ej_cpu => 100 * Cpu(ej_cpu) / Dt, mp_cpu => 100 * Cpu(mp_cpu) / Dt,
             ej_cpu_nodes => maps:from_list([{E, 100 * NodeCpu(E) / Dt} || E <- maps:keys(maps:get(per_ej, R0))]),
             idle_notices_s => (N1 - N0) / Dt,
+            %% The Megaphone nodes' side of the window (summed over the nodes):
+            %% chunks of client bytes handed to ejabberd per message, times a
+            %% reactor left clients unread (distribution queue full) or the
+            %% distribution thread stopped taking requests, and the controller
+            %% nodes marked behind at the end.
+            mp_chunks_per_msg => per(maps:get(chunks_delivered, M1) - maps:get(chunks_delivered, M0), Msgs),
+            mp_reads_paused => maps:get(reads_paused, M1) - maps:get(reads_paused, M0),
+            mp_request_reads_paused => maps:get(request_reads_paused, M1) - maps:get(request_reads_paused, M0),
+            mp_nodes_behind => maps:get(nodes_behind, M1),
             ej_us => per(Cpu(ej_cpu) * 1.0e6, Msgs), mp_us => per(Cpu(mp_cpu) * 1.0e6, Msgs),
             machine_busy => 100 * (B1 - B0) / max(1, T1 - T0),
             p50_us => megaphone_bench_load:percentile(Hist, 50),
