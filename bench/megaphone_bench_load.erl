@@ -21,9 +21,13 @@
 %%%   {chat, K}         each session (paired with `partners') sends K chat
 %%%                     messages to its partner's full JID, then one more per
 %%%                     message received (K in flight each way)
+%%%   {chat_pairs, Pairs, K}  the same for the pairs [{IxA, IxB}] of this pool's
+%%%                     users only, whatever `partners' says (bench/xmpp
+%%%                     --cluster picks pairs by the ejabberd node each
+%%%                     session lives on); chat_stop then goes to them alone
 %%%   {measure, Bool}   latency samples are kept only while true
 %%%   counters          {delivered, seq_errors, error_stanzas} since the pool began
-%%%   chat_stop         each session sends "END LastSeq", waits for its
+%%%   chat_stop         each chatting session sends "END LastSeq", waits for its
 %%%                     partner's END, checks it saw every number once and in
 %%%                     order, and reports: merged #{received, seq_errors,
 %%%                     error_stanzas, unfinished, hist}
@@ -180,7 +184,10 @@ call(Pool, Req, Timeout) ->
 
 -record(pool, {spec, queue = [], active = 0, sessions = #{}, monitors = #{},
                logged_in = 0, failed = 0, down = 0, reasons = [], last_login = 0,
-               negotiated = #{}, ctr, flag, waiters = []}).
+               negotiated = #{}, ctr, flag, waiters = [],
+               %% The sessions a {chat_pairs, ...} started (chat_stop's
+               %% addressees); all: every session ({chat, K}).
+               chatting = all}).
 
 pool_init(Spec = #{users := Users}) ->
     process_flag(trap_exit, true),
@@ -256,7 +263,22 @@ pool_request({chat, K}, From, Ref, St = #pool{spec = Spec, sessions = Ss}) ->
     [Pid ! {chat, jid(maps:get(maps:get(Ix, Partners), Users), Res), K}
      || {Ix, Pid} <- maps:to_list(Ss)],
     reply(From, Ref, ok),
-    St;
+    St#pool{chatting = all};
+pool_request({chat_pairs, Pairs, K}, From, Ref, St = #pool{spec = Spec, sessions = Ss}) ->
+    Res = maps:get(resource, Spec),
+    Users = maps:from_list([{Ix, U} || {Ix, U, _} <- maps:get(users, Spec)]),
+    Jid = fun(Ix) -> jid(maps:get(Ix, Users), Res) end,
+    %% A session that went down is missing from Ss: the pool crashes and the
+    %% caller's call/3 fails with pool_down, which fails the run.
+    Started = lists:flatmap(fun({A, B}) ->
+                                    PA = maps:get(A, Ss),
+                                    PB = maps:get(B, Ss),
+                                    PA ! {chat, Jid(B), K},
+                                    PB ! {chat, Jid(A), K},
+                                    [PA, PB]
+                            end, Pairs),
+    reply(From, Ref, ok),
+    St#pool{chatting = Started};
 pool_request({measure, On}, From, Ref, St = #pool{flag = Flag}) ->
     atomics:put(Flag, 1, case On of true -> 1; false -> 0 end),
     reply(From, Ref, ok),
@@ -264,10 +286,14 @@ pool_request({measure, On}, From, Ref, St = #pool{flag = Flag}) ->
 pool_request(counters, From, Ref, St = #pool{ctr = Ctr}) ->
     reply(From, Ref, {counters:get(Ctr, 1), counters:get(Ctr, 2), counters:get(Ctr, 3)}),
     St;
-pool_request(chat_stop, From, Ref, St = #pool{sessions = Ss}) ->
+pool_request(chat_stop, From, Ref, St = #pool{sessions = Ss, chatting = Chatting}) ->
     Pool = self(),
-    spawn(fun() -> reply(From, Ref, merge_chat(fan_out(Pool, maps:values(Ss), chat_stop, 60000))) end),
-    St;
+    Pids = case Chatting of
+               all -> maps:values(Ss);
+               _ -> Chatting
+           end,
+    spawn(fun() -> reply(From, Ref, merge_chat(fan_out(Pool, Pids, chat_stop, 60000))) end),
+    St#pool{chatting = all};
 pool_request({probe, P, Tags}, From, Ref, St) ->
     Pairs = lists:sublist(pairs(St), P),
     spawn(fun() -> reply(From, Ref, probe(Pairs, Tags, #{})) end),

@@ -7,6 +7,11 @@
 %%%
 %%% Cfg keys shared by all runs:
 %%%   ej        ejabberd's node          ej_pid   its beam's OS pid (string)
+%%%   ejs       [{EjNode, OsPid}]        every ejabberd node of the cluster
+%%%                                      (--cluster K), ej first; default [{ej, ej_pid}].
+%%%                                      CPU, RSS and erlang:memory() are summed over them
+%%%                                      (and kept per node, `per_ej'); session counts are
+%%%                                      the cluster's (the session table is replicated)
 %%%   mp        [{MegaphoneNode, OsPid}] every Megaphone node (Swift)
 %%%   clients   [{ClientNode, SrcIp}]    one pool per client node
 %%%   ports     [Port]                   the XMPP port each client node connects to
@@ -54,8 +59,9 @@ scale_run(Cfg) ->
     isolated(fun() -> do_scale_run(norm(Cfg)) end).
 
 %% OS pids come as binaries from the driver; /proc paths want strings.
-norm(Cfg = #{ej_pid := EjPid, mp := MPs}) ->
-    Cfg#{ej_pid := str(EjPid), mp := [{N, str(P)} || {N, P} <- MPs]}.
+norm(Cfg = #{ej := Ej, ej_pid := EjPid, mp := MPs}) ->
+    Ejs = maps:get(ejs, Cfg, [{Ej, EjPid}]),
+    Cfg#{ej_pid := str(EjPid), mp := [{N, str(P)} || {N, P} <- MPs], ejs => [{N, str(P)} || {N, P} <- Ejs]}.
 
 str(B) when is_binary(B) -> binary_to_list(B);
 str(L) -> L.
@@ -77,9 +83,11 @@ isolated(F) ->
 %% prepare
 %%====================================================================
 
-do_prepare(Cfg = #{ej := Ej, mp := MPs, clients := Clients, users := N}) ->
-    connect_node(Ej, 30000),
-    wait_until(fun() -> ej_started(Ej) end, 60000, "ejabberd to be started"),
+do_prepare(Cfg = #{ej := Ej, ejs := Ejs, mp := MPs, clients := Clients, users := N}) ->
+    [begin
+         connect_node(E, 30000),
+         wait_until(fun() -> ej_started(E) end, 60000, "ejabberd to be started")
+     end || {E, _} <- Ejs],
     [connect_node(MP, 30000) || {MP, _} <- MPs],
     [connect_node(C, 30000) || {C, _} <- Clients],
     [{module, _} = rpc(C, code, ensure_loaded, [megaphone_bench_load]) || {C, _} <- Clients],
@@ -135,18 +143,29 @@ register_users(Ej, N) ->
 %%====================================================================
 
 %% A snapshot of every figure a run compares. ej_mem is erlang:memory(total);
-%% ej_mem_parts the parts the report breaks it into (?MEM_PARTS).
-read(#{ej := Ej, ej_pid := EjPid, mp := MPs}) ->
-    Mem = rpc(Ej, erlang, memory, []),
+%% ej_mem_parts the parts the report breaks it into (?MEM_PARTS). The ejabberd
+%% figures are sums over the cluster's nodes; per_ej has each node's.
+read(#{ejs := Ejs, mp := MPs}) ->
+    PerEj = maps:from_list([{E, read_ej(E, P)} || {E, P} <- Ejs]),
+    Sum = fun(K) -> lists:sum([maps:get(K, R) || R <- maps:values(PerEj)]) end,
     #{t => erlang:monotonic_time(microsecond),
-      ej_rss => rss(proc_status(EjPid)),
-      ej_mem => proplists:get_value(total, Mem),
-      ej_mem_parts => maps:with(?MEM_PARTS, maps:from_list(Mem)),
+      ej_rss => Sum(ej_rss),
+      ej_mem => Sum(ej_mem),
+      ej_mem_parts => maps:from_list([{K, lists:sum([maps:get(K, maps:get(ej_mem_parts, R))
+                                                      || R <- maps:values(PerEj)])} || K <- ?MEM_PARTS]),
+      per_ej => PerEj,
       mp_rss => lists:sum([rss(proc_status(P)) || {_, P} <- MPs]),
       slab => slab_kb(),
-      ej_cpu => cpu_ticks(EjPid),
+      ej_cpu => Sum(ej_cpu),
       mp_cpu => lists:sum([cpu_ticks(P) || {_, P} <- MPs]),
       sys => system_cpu()}.
+
+read_ej(Ej, EjPid) ->
+    Mem = rpc(Ej, erlang, memory, []),
+    #{ej_rss => rss(proc_status(EjPid)),
+      ej_mem => proplists:get_value(total, Mem),
+      ej_mem_parts => maps:with(?MEM_PARTS, maps:from_list(Mem)),
+      ej_cpu => cpu_ticks(EjPid)}.
 
 ej_sessions(Ej) ->
     rpc(Ej, ejabberd_sm, connected_users_number, []).
@@ -401,6 +420,16 @@ pcall(Pools, Req, Timeout) ->
 pct([], _) -> undefined;
 pct(L, P) -> 1.0 * lists:nth(max(1, min(length(L), ceil(length(L) * P / 100))), L).
 
+%% Counters of the Megaphone nodes' stats, summed over the nodes.
+mp_counters(MPs) ->
+    Keys = [chunks_delivered, reads_paused, request_reads_paused, nodes_behind],
+    lists:foldl(fun({MP, _}, Acc) ->
+                        case megaphone:stats(MP, 5000) of
+                            {ok, St} -> maps:map(fun(K, V) -> V + maps:get(K, St, 0) end, Acc);
+                            Other -> fail("megaphone:stats(~s): ~p", [MP, Other])
+                        end
+                end, maps:from_list([{K, 0} || K <- Keys]), MPs).
+
 %% Idle notices sent so far, summed over the Megaphone nodes.
 idle_notices(MPs) ->
     lists:sum([case megaphone:stats(MP, 5000) of
@@ -464,9 +493,9 @@ baseline_loop(Cfg, Prev, Deadline) ->
         false -> baseline_loop(Cfg, R, Deadline)
     end.
 
-quiet_reading(Cfg = #{ej := Ej}) ->
-    gc_all(Ej),
-    (read(Cfg))#{ej_procs => rpc(Ej, erlang, system_info, [process_count])}.
+quiet_reading(Cfg = #{ejs := Ejs}) ->
+    [gc_all(E) || {E, _} <- Ejs],
+    (read(Cfg))#{ej_procs => lists:sum([rpc(E, erlang, system_info, [process_count]) || {E, _} <- Ejs])}.
 
 %% Garbage-collects every process in ejabberd.
 gc_all(Ej) ->
@@ -495,18 +524,27 @@ mem_figures(R0, R1, N) ->
 %% Messages
 %%====================================================================
 
-do_msg_run(Cfg = #{ej := Ej, pairs := P, inflight := K, secs := Secs, warmup := Warm,
-                   clk_tck := Hz}) ->
+do_msg_run(Cfg = #{ej := Ej, pairs := P, inflight := K}) ->
     wait_until(fun() -> ej_sessions(Ej) =:= 0 end, 120000, "ejabberd sessions = 0 before a run"),
     {Pools, LoginSecs} = login(Cfg, 1, 2 * P),
     Negotiated = negotiated(Pools),
-    [ok = megaphone_bench_load:call(Pl, {chat, K}, 30000) || Pl <- Pools],
+    Res = chat_measure(Cfg, Pools, fun() -> [ok = megaphone_bench_load:call(Pl, {chat, K}, 30000) || Pl <- Pools] end),
+    close(Cfg, Pools),
+    Res#{login_secs => LoginSecs, negotiated => Negotiated}.
+
+%% One measured message run on logged-in sessions: Start() sets them
+%% chatting (K in flight each way); after `warmup' seconds, `secs' seconds
+%% are measured (and at least `min_msgs' messages); then every chatting
+%% session sends END and checks what it received. Pools: those whose sessions
+%% chat. ej_cpu_nodes: each ejabberd node's CPU % over the window.
+chat_measure(Cfg = #{mp := MPs, secs := Secs, warmup := Warm, clk_tck := Hz}, Pools, Start) ->
+    Start(),
     timer:sleep(Warm * 1000),
     [ok = megaphone_bench_load:call(Pl, {measure, true}, 30000) || Pl <- Pools],
     C0 = delivered(Pools),
     R0 = read(Cfg),
-    #{mp := MPs} = Cfg,
     N0 = idle_notices(MPs),
+    M0 = mp_counters(MPs),
     timer:sleep(Secs * 1000),
     %% --smoke asks for a number of messages rather than a time.
     MinMsgs = maps:get(min_msgs, Cfg, 0),
@@ -515,20 +553,32 @@ do_msg_run(Cfg = #{ej := Ej, pairs := P, inflight := K, secs := Secs, warmup := 
     C1 = delivered(Pools),
     R1 = read(Cfg),
     N1 = idle_notices(MPs),
+    M1 = mp_counters(MPs),
     [ok = megaphone_bench_load:call(Pl, {measure, false}, 30000) || Pl <- Pools],
     Stops = [megaphone_bench_load:call(Pl, chat_stop, 120000) || Pl <- Pools],
-    close(Cfg, Pools),
     Sum = fun(Key) -> lists:sum([maps:get(Key, S) || S <- Stops]) end,
     Hist = lists:foldl(fun(S, H) -> megaphone_bench_load:merge_hist(maps:get(hist, S), H) end,
                        #{}, Stops),
     Dt = (maps:get(t, R1) - maps:get(t, R0)) / 1.0e6,
     Msgs = C1 - C0,
     Cpu = fun(Key) -> (maps:get(Key, R1) - maps:get(Key, R0)) / Hz end,
+    NodeCpu = fun(E) -> (maps:get(ej_cpu, maps:get(E, maps:get(per_ej, R1))) -
+                         maps:get(ej_cpu, maps:get(E, maps:get(per_ej, R0)))) / Hz end,
     {B0, T0} = maps:get(sys, R0),
     {B1, T1} = maps:get(sys, R1),
     Res = #{msgs => Msgs, secs => Dt, msgs_s => Msgs / Dt,
             ej_cpu => 100 * Cpu(ej_cpu) / Dt, mp_cpu => 100 * Cpu(mp_cpu) / Dt,
+            ej_cpu_nodes => maps:from_list([{E, 100 * NodeCpu(E) / Dt} || E <- maps:keys(maps:get(per_ej, R0))]),
             idle_notices_s => (N1 - N0) / Dt,
+            %% The Megaphone nodes' side of the window (summed over the nodes):
+            %% chunks of client bytes handed to ejabberd per message, times a
+            %% reactor left clients unread (distribution queue full) or the
+            %% distribution thread stopped taking requests, and the controller
+            %% nodes marked behind at the end.
+            mp_chunks_per_msg => per(maps:get(chunks_delivered, M1) - maps:get(chunks_delivered, M0), Msgs),
+            mp_reads_paused => maps:get(reads_paused, M1) - maps:get(reads_paused, M0),
+            mp_request_reads_paused => maps:get(request_reads_paused, M1) - maps:get(request_reads_paused, M0),
+            mp_nodes_behind => maps:get(nodes_behind, M1),
             ej_us => per(Cpu(ej_cpu) * 1.0e6, Msgs), mp_us => per(Cpu(mp_cpu) * 1.0e6, Msgs),
             machine_busy => 100 * (B1 - B0) / max(1, T1 - T0),
             p50_us => megaphone_bench_load:percentile(Hist, 50),
@@ -539,8 +589,7 @@ do_msg_run(Cfg = #{ej := Ej, pairs := P, inflight := K, secs := Secs, warmup := 
             samples => lists:sum(maps:values(Hist)),
             received => Sum(received), sent => Sum(sent), seq_errors => Sum(seq_errors),
             error_stanzas => Sum(error_stanzas), unfinished => Sum(failed),
-            reasons => lists:sublist(lists:append([maps:get(reasons, S) || S <- Stops]), 3),
-            login_secs => LoginSecs, negotiated => Negotiated},
+            reasons => lists:sublist(lists:append([maps:get(reasons, S) || S <- Stops]), 3)},
     progress("  ~.1f msgs/s, ejabberd ~.1f us/msg, Swift ~.1f us/msg, latency p50 ~s p99 ~s us; "
              "sent ~b received ~b, sequence errors ~b, error stanzas ~b, unfinished ~b",
              [maps:get(msgs_s, Res), maps:get(ej_us, Res), maps:get(mp_us, Res),
@@ -559,24 +608,39 @@ fmt(X) -> io_lib:format("~.1f", [X]).
 %% Scale
 %%====================================================================
 
-do_scale_run(Cfg = #{ej := Ej, mp := MPs, n := N, hold := Hold, clk_tck := Hz}) ->
+do_scale_run(Cfg = #{ej := Ej, ejs := Ejs, mp := MPs, n := N, hold := Hold, clk_tck := Hz}) ->
     wait_until(fun() -> ej_sessions(Ej) =:= 0 end, 120000, "ejabberd sessions = 0 before a run"),
     warm_up(Cfg, maps:get(warmup_logins, Cfg, 0)),
     R0 = baseline(Cfg),
     {Pools, Secs} = login(Cfg, 1, N),
     R1 = read(Cfg),
     progress("  ~b sessions logged in and verified in ~.1f s; holding them ~b s", [N, Secs, Hold]),
+    %% Where the sessions live and who announced them (the split is what
+    %% `balance' made of the logins; a cluster of one has a single entry).
+    Where = locate(Cfg),
+    Split = controller_split(MPs),
+    progress("  sessions per ejabberd node: ~p; per Megaphone node and ejabberd node: ~p",
+             [maps:map(fun(_, Ixs) -> length(Ixs) end, Where), Split]),
     {R2, Settle} = settle(Cfg, N),
-    gc_all(Ej),
+    [gc_all(E) || {E, _} <- Ejs],
     RGc = read(Cfg),
+    %% --cluster: message runs between sessions on different ejabberd nodes
+    %% and on the same one, while all N are logged in.
+    Msg = case maps:get(msg_pairs, Cfg, 0) of
+              0 -> #{};
+              P -> cluster_msgs(Cfg, Pools, Where, P)
+          end,
     Checks = hold(Cfg, Pools, deadline(Hold * 1000), 0),
     Ping = ping_all(Pools),
     Sessions = ej_sessions(Ej),
     Conns = mp_connections(MPs),
     Live = lists:sum([maps:get(live, megaphone_bench_load:call(P, status, 30000)) || P <- Pools]),
     R3 = read(Cfg),
+    EndLocal = local_counts(Ejs),
     close(Cfg, Pools),
     Res = (mem_figures(R0, R2, N))#{
+            per_node => node_figures(Cfg, Where, EndLocal, {R0, R1, R2, RGc, R3}),
+            controller_split => Split, msg => Msg,
             n => N, login_secs => Secs, logins_s => N / Secs,
             ej_us_login => (maps:get(ej_cpu, R1) - maps:get(ej_cpu, R0)) / Hz * 1.0e6 / N,
             mp_us_login => (maps:get(mp_cpu, R1) - maps:get(mp_cpu, R0)) / Hz * 1.0e6 / N,
@@ -591,6 +655,122 @@ do_scale_run(Cfg = #{ej := Ej, mp := MPs, n := N, hold := Hold, clk_tck := Hz}) 
                     "~b clients live, ~b of ~b answered a ping (~p); expected ~b each",
                     [Sessions, Conns, Live, maps:get(ok, Ping), N, maps:get(reasons, Ping), N]),
     Res.
+
+%% Where each session of this run lives: #{EjNode => [Ix]} from each node's
+%% own sessions (ejabberd_sm:dirty_get_my_sessions_list/0: node(Pid) is that
+%% node). Every one of the run's sessions must be on exactly one node.
+locate(#{ejs := Ejs, resource := Res, n := N}) ->
+    Src = "[element(1, element(3, S)) || S <- ejabberd_sm:dirty_get_my_sessions_list(),"
+          " element(3, element(3, S)) =:= Res].",
+    Where = maps:from_list(
+              [{E, case eval_on(E, Src, [{'Res', Res}], 120000) of
+                       {value, Us, _} -> [binary_to_integer(I) || <<"xb", I/binary>> <- Us];
+                       Other -> fail("the sessions of ~s: ~p", [E, Other])
+                   end} || {E, _} <- Ejs]),
+    All = lists:append(maps:values(Where)),
+    (length(All) =:= N andalso length(lists:usort(All)) =:= N)
+        orelse fail("the ejabberd nodes hold ~b sessions of this run (~b users); expected ~b",
+                    [length(All), length(lists:usort(All)), N]),
+    Where.
+
+%% Local sessions of each ejabberd node: #{EjNode => Count}.
+local_counts(Ejs) ->
+    maps:from_list([{E, case eval_on(E, "length(ejabberd_sm:dirty_get_my_sessions_list()).", [], 60000) of
+                            {value, C, _} -> C;
+                            Other -> fail("the sessions of ~s: ~p", [E, Other])
+                        end} || {E, _} <- Ejs]).
+
+%% Each Megaphone node's open connections per controller node (stats
+%% controller_nodes): #{MegaphoneNode => #{EjNode => Connections}}.
+controller_split(MPs) ->
+    maps:from_list([{MP, case megaphone:stats(MP, 5000) of
+                             {ok, #{controller_nodes := CN}} ->
+                                 maps:map(fun(_, #{connections := C}) -> C end, CN);
+                             Other -> fail("megaphone:stats(~s): ~p", [MP, Other])
+                         end} || {MP, _} <- MPs]).
+
+%% Each ejabberd node's share: its sessions, memory per session of its own
+%% (the settled reading R2 and after the full GC, less the baseline R0), beam
+%% RSS at the end of the hold, CPU of the logins (R0 to R1).
+node_figures(#{ejs := Ejs, clk_tck := Hz}, Where, EndLocal, {R0, R1, R2, RGc, R3}) ->
+    maps:from_list(
+      [begin
+           S = length(maps:get(E, Where)),
+           At = fun(R) -> maps:get(E, maps:get(per_ej, R)) end,
+           D = fun(K, RA, RB) -> maps:get(K, At(RB)) - maps:get(K, At(RA)) end,
+           Per = fun(X) -> X / max(1, S) end,
+           LoginCpu = D(ej_cpu, R0, R1) / Hz,
+           {E, #{sessions => S, end_sessions => maps:get(E, EndLocal),
+                 rss_b => Per(D(ej_rss, R0, R2) * 1024),
+                 mem_parts_b => maps:map(fun(K, V) -> Per(V - maps:get(K, maps:get(ej_mem_parts, At(R0)))) end,
+                                         maps:get(ej_mem_parts, At(R2))),
+                 mem_gc_b => Per(D(ej_mem, R0, RGc)),
+                 end_rss_b => Per(D(ej_rss, R0, R3) * 1024),
+                 rss_kib => {maps:get(ej_rss, At(R0)), maps:get(ej_rss, At(R2)), maps:get(ej_rss, At(R3))},
+                 login_cpu_s => LoginCpu, us_login => Per(LoginCpu * 1.0e6)}}
+       end || {E, _} <- Ejs]).
+
+%% --cluster's message runs: `reps' times (interleaved: odd reps cross first,
+%% even reps same first) `msg_pairs' pairs chatting, once with the two users
+%% of each pair on different ejabberd nodes (cross) and once on the same
+%% node (same; the pairs alternate between the nodes). Both users of a pair
+%% are in one pool (one client node: latency is measured on one clock), and
+%% every run has pairs of its own (a session's sequence numbers go on from
+%% run to run). #{cross => [Res], same => [Res]} in rep order.
+cluster_msgs(Cfg = #{clients := Clients, n := N, inflight := K, secs := Secs}, Pools, Where, P) ->
+    Nodes = lists:sort(maps:keys(Where)),
+    length(Nodes) >= 2 orelse fail("message runs across ejabberd nodes need 2 or more, not ~p", [Nodes]),
+    NodeOf = maps:from_list([{Ix, E} || {E, Ixs} <- maps:to_list(Where), Ix <- Ixs]),
+    Ranges = [R || R = {A, B} <- shares(1, N, length(Clients)), B >= A],
+    Avail0 = [{Pool, maps:from_list([{E, [Ix || Ix <- lists:seq(A, B), maps:get(Ix, NodeOf) =:= E]}
+                                      || E <- Nodes])}
+              || {Pool, {A, B}} <- lists:zip(Pools, Ranges)],
+    Order = [{Rep, Kind} || Rep <- lists:seq(1, maps:get(reps, Cfg, 1)),
+                            Kind <- case Rep rem 2 of 1 -> [cross, same]; 0 -> [same, cross] end],
+    {Out, _} = lists:foldl(
+                 fun({Rep, Kind}, {Acc, Avail}) ->
+                         {PoolPairs, Avail1} = take_pairs(Kind, P, Avail, Nodes),
+                         progress("rep ~b: ~s: ~b pairs (~s ejabberd node) x ~b in flight, ~b s",
+                                  [Rep, Kind, P, case Kind of cross -> "different"; same -> "one" end, K, Secs]),
+                         R = chat_measure(Cfg, [Pl || {Pl, _} <- PoolPairs],
+                                          fun() -> [ok = megaphone_bench_load:call(Pl, {chat_pairs, Prs, K}, 30000)
+                                                    || {Pl, Prs} <- PoolPairs] end),
+                         {maps:update_with(Kind, fun(L) -> L ++ [R] end, [R], Acc), Avail1}
+                 end, {#{}, Avail0}, Order),
+    Out.
+
+%% P pairs of unused sessions, dealt to the pools in turn: {[{Pool, [{IxA,
+%% IxB}]}] (pools with pairs only), the sessions left}. Cross: A on one node,
+%% B on the next; same: both on one node; the node moves on with each round
+%% over the pools.
+take_pairs(Kind, P, Avail, Nodes) ->
+    NP = length(Avail),
+    K = length(Nodes),
+    {Arr, Picked} =
+        lists:foldl(
+          fun(I, {Arr0, Acc}) ->
+                  J = I rem NP + 1,
+                  {Pool, Free} = element(J, Arr0),
+                  X = (I div NP) rem K,
+                  NA = lists:nth(X + 1, Nodes),
+                  NB = case Kind of
+                           cross -> lists:nth((X + 1) rem K + 1, Nodes);
+                           same -> NA
+                       end,
+                  {A, Free1} = pop(NA, Free),
+                  {B, Free2} = pop(NB, Free1),
+                  {setelement(J, Arr0, {Pool, Free2}), [{Pool, {A, B}} | Acc]}
+          end, {list_to_tuple(Avail), []}, lists:seq(0, P - 1)),
+    PoolPairs = [{Pool, Prs} || {Pool, _} <- Avail,
+                                Prs <- [[Pr || {Pl, Pr} <- lists:reverse(Picked), Pl =:= Pool]],
+                                Prs =/= []],
+    {PoolPairs, tuple_to_list(Arr)}.
+
+pop(E, Free) ->
+    case maps:get(E, Free) of
+        [Ix | Rest] -> {Ix, Free#{E := Rest}};
+        [] -> fail("too few sessions on ~s left for the message runs' pairs", [E])
+    end.
 
 %% Every 10 s until the deadline: ejabberd still counts N sessions, the
 %% Megaphone nodes N connections, and no client session went down.
