@@ -163,8 +163,10 @@ def _session_env():
         names = [unique("mpit_a_"), unique("mpit_b_")]
         ports = {f"{n}@localhost": free_port() for n in names}
         ej = Ejabberd(base, ports, cookie=cookie, connect_retry=1)
-        a = MegaphoneNode(base / "nodes", cookie, ej.helper, name=names[0])
-        # b runs its one reactor on the distribution thread: both event loops are exercised.
+        # a runs two reactors on threads of their own (asked for: the default is one reactor on
+        # machines of up to 7 cores), b its one reactor on the distribution thread: both event
+        # loops are exercised.
+        a = MegaphoneNode(base / "nodes", cookie, ej.helper, name=names[0], threads=2)
         b = MegaphoneNode(base / "nodes", cookie, ej.helper, name=names[1], threads=1)
         a.start()
         b.start()

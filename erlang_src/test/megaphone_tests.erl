@@ -56,8 +56,10 @@
 binary_exists_test() ->
     ?assert(is_list(megaphone_test_node:check_binary())).
 
+%% Two reactors on threads of their own (the default is one on machines of
+%% up to 7 cores, so it is asked for: the threaded loop must stay tested).
 megaphone_test_() ->
-    {foreach, fun megaphone_test_node:start/0, fun megaphone_test_node:cleanup/1, cases()}.
+    {foreach, fun() -> megaphone_test_node:start(["--threads", "2"]) end, fun megaphone_test_node:cleanup/1, cases()}.
 
 %% The same cases against a node whose one reactor runs on the
 %% distribution thread (`--threads 1'), a different event loop.
