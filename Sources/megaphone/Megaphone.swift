@@ -234,9 +234,3 @@ enum LogLevelOption: String, ExpressibleByArgument, CaseIterable {
 }
 
 private let Reactor_maxReactors = Reactor.maxReactors
-
-extension String {
-    fileprivate var trimmingWhitespace: String {
-        String(drop(while: \.isWhitespace).reversed().drop(while: \.isWhitespace).reversed())
-    }
-}

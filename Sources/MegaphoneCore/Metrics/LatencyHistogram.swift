@@ -13,7 +13,7 @@ public final class LatencyHistogram: Sendable {
     ]
 
     /// Per bucket (not cumulative), the last one for everything above the largest bound.
-    private let buckets: [Cell] = (0...LatencyHistogram.boundsNanos.count).map { _ in Cell() }
+    private let buckets: [AtomicCell] = (0...LatencyHistogram.boundsNanos.count).map { _ in AtomicCell() }
     private let sumNanos = Atomic<Int>(0)
 
     public init() {}
@@ -38,10 +38,5 @@ public final class LatencyHistogram: Sendable {
         }
         // +Inf must equal the count: take the count from the buckets, read in one pass.
         return (cumulative, sumNanos.load(ordering: .relaxed), running)
-    }
-
-    /// Atomic is not copyable, so an array of them needs a box.
-    private final class Cell: Sendable {
-        let value = Atomic<Int>(0)
     }
 }

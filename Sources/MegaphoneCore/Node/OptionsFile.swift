@@ -32,13 +32,13 @@ public struct OptionsFile: Equatable, Sendable {
         var seen: [String: Int] = [:]
         for (i, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             let line = i + 1
-            let content = rawLine.trimmed
+            let content = rawLine.trimmingWhitespace
             if content.isEmpty || content.hasPrefix("#") { continue }
             guard let eq = content.firstIndex(of: "=") else {
                 throw ParseError(description: "\(path):\(line): expected `option = value`")
             }
-            let name = content[..<eq].trimmed
-            var value = content[content.index(after: eq)...].trimmed
+            let name = content[..<eq].trimmingWhitespace
+            var value = content[content.index(after: eq)...].trimmingWhitespace
             guard !name.isEmpty, name.utf8.count <= 64,
                   name.utf8.allSatisfy({ ($0 >= UInt8(ascii: "a") && $0 <= UInt8(ascii: "z"))
                                           || ($0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9")) || $0 == UInt8(ascii: "-") }),
@@ -85,11 +85,5 @@ public struct OptionsFile: Equatable, Sendable {
     /// The value of `name`, if the file sets it.
     public subscript(name: String) -> String? {
         entries.first { $0.name == name }?.value
-    }
-}
-
-extension StringProtocol {
-    fileprivate var trimmed: String {
-        String(drop(while: \.isWhitespace).reversed().drop(while: \.isWhitespace).reversed())
     }
 }

@@ -73,10 +73,10 @@ public final class Counters: Sendable {
     /// Controllers attached (processes that sent `start` and whose node is still connected), one per
     /// ejabberd node of a cluster. Set by the distribution thread; read by `stats` and the metrics endpoint.
     public let controllers = Atomic<Int>(0)
-    private let closedCounts: [ClosedCounter] = CloseReason.allCases.map { _ in ClosedCounter() }
+    private let closedCounts: [AtomicCell] = CloseReason.allCases.map { _ in AtomicCell() }
     /// Connections in the table by the transport of the listener that accepted them (handshakes in
     /// progress included); `connections` also counts the moments between accept and the table.
-    private let byTransport: [ClosedCounter] = Transport.allCases.map { _ in ClosedCounter() }
+    private let byTransport: [AtomicCell] = Transport.allCases.map { _ in AtomicCell() }
 
     public init() {}
 
@@ -128,10 +128,11 @@ public final class Counters: Sendable {
         byTransport[transport.index].value.load(ordering: .relaxed)
     }
 
-    /// Atomic is not copyable, so an array of them needs a box.
-    private final class ClosedCounter: Sendable {
-        let value = Atomic<Int>(0)
-    }
+}
+
+/// One relaxed counter in a box: Atomic is not copyable, so an array of them needs one.
+final class AtomicCell: Sendable {
+    let value = Atomic<Int>(0)
 }
 
 extension Transport {

@@ -35,15 +35,14 @@ enum PThread {
     }
 }
 
-/// Milliseconds on the monotonic clock.
+/// Nanoseconds on the monotonic clock.
 func monotonicNanos() -> Int64 {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
 }
 
+/// Milliseconds on the monotonic clock.
 func monotonicMillis() -> Int64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
+    monotonicNanos() / 1_000_000
 }
