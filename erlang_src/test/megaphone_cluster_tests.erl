@@ -165,7 +165,7 @@ rolling_reconfiguration(#{node := Node, cookie := Cookie}) ->
         {ok, #{listeners := [{tcp, _, Port}], max_chunk := OldChunk}} = start(PeerA, Node, RelayA, Opts),
         {ok, _} = start(PeerB, Node, RelayB, Opts),
         {Kept, _, _} = connect(Port),
-        NewPort = free_port(),
+        NewPort = megaphone_test_client:free_port(),
         New = [{listen, [{tcp, ?LOCALHOST, NewPort}]}, {max_chunk, OldChunk * 2} | tl(Opts)],
         Mismatch = {error, {config_mismatch, [listen, max_chunk]}},
 
@@ -235,12 +235,6 @@ frozen_controller(#{node := Node, cookie := Cookie}) ->
         catch peer:stop(PeerA),
         catch peer:stop(PeerB)
     end.
-
-free_port() ->
-    {ok, L} = gen_tcp:listen(0, [{ip, ?LOCALHOST}]),
-    {ok, Port} = inet:port(L),
-    ok = gen_tcp:close(L),
-    Port.
 
 kill(Signal, OsPid) ->
     "" = os:cmd("kill " ++ Signal ++ " " ++ OsPid),

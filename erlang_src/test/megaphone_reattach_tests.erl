@@ -36,7 +36,7 @@ start_after_reconnect() ->
     end.
 
 start_after_reconnect(#{node := Node, os_pid := OsPid}) ->
-    Opts = [{listen, [{tcp, ?LOCALHOST, free_port()}]}],
+    Opts = [{listen, [{tcp, ?LOCALHOST, megaphone_test_client:free_port()}]}],
     {ok, _} = megaphone:start(Node, Opts),
     [round_trip(Node, integer_to_list(OsPid), Opts) || _ <- lists:seq(1, ?ROUNDS)],
     %% The listener serves.
@@ -77,12 +77,6 @@ wait_connecting(Node) ->
 connect(Port) ->
     {ok, C} = gen_tcp:connect(?LOCALHOST, Port, [binary, {active, false}], ?WAIT),
     C.
-
-free_port() ->
-    {ok, L} = gen_tcp:listen(0, [{ip, ?LOCALHOST}]),
-    {ok, Port} = inet:port(L),
-    ok = gen_tcp:close(L),
-    Port.
 
 kill(Signal, OsPid) ->
     "" = os:cmd("kill " ++ Signal ++ " " ++ OsPid),

@@ -23,6 +23,7 @@
 -export([poll/2]).
 -export([deadline/1]).
 -export([remaining/1]).
+-export([free_port/0]).
 
 -define(LOCALHOST, {127, 0, 0, 1}).
 -define(WAIT, 5000).
@@ -107,6 +108,14 @@ poll_until(Fun, Deadline) ->
         Result ->
             Result
     end.
+
+%% A loopback port that was free a moment ago (for a listener asked for by number).
+-spec free_port() -> inet:port_number().
+free_port() ->
+    {ok, L} = gen_tcp:listen(0, [{ip, ?LOCALHOST}]),
+    {ok, Port} = inet:port(L),
+    ok = gen_tcp:close(L),
+    Port.
 
 -spec deadline(non_neg_integer()) -> integer().
 deadline(Timeout) ->

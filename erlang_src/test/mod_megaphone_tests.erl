@@ -35,7 +35,7 @@ stopping_detaches(#{node := Node}) ->
                         parser => ejabberd}),
     {ok, Pid} = gen_server:start({local, mod_megaphone}, mod_megaphone, [<<"localhost">>, Opts], []),
     try
-        wait(fun() -> gen_server:call(mod_megaphone, nodes) == [{Node, started, 0}] end, "started"),
+        megaphone_test_client:poll(fun() -> gen_server:call(mod_megaphone, nodes) == [{Node, started, 0}] end, ?WAIT),
         ?assertMatch(#{controllers := 1, listeners := [{tcp, _, _}]}, stats(Node)),
 
         ?assertEqual(ok, mod_megaphone:stopping()),
@@ -45,7 +45,7 @@ stopping_detaches(#{node := Node}) ->
         %% The `start' with no listeners: from the last controller the node
         %% closes its listeners (and keeps it, listening on nothing); from
         %% one of several it detaches only that one (test_cluster.py).
-        wait(fun() -> maps:get(listeners, stats(Node)) == [] end, "listeners closed"),
+        megaphone_test_client:poll(fun() -> maps:get(listeners, stats(Node)) == [] end, ?WAIT),
         %% And it stays so: the absence of an event has no condition to wait
         %% for, so watch for several retry periods of the module.
         Until = erlang:monotonic_time(millisecond) + 5 * ?RETRY,
@@ -73,18 +73,4 @@ stays_detached(Node, Until) ->
             stays_detached(Node, Until);
         false ->
             ok
-    end.
-
-wait(Cond, What) ->
-    wait(Cond, What, erlang:monotonic_time(millisecond) + ?WAIT).
-
-wait(Cond, What, Deadline) ->
-    case Cond() of
-        true ->
-            ok;
-        false ->
-            case erlang:monotonic_time(millisecond) > Deadline of
-                true -> erlang:error({timeout, What});
-                false -> timer:sleep(20), wait(Cond, What, Deadline)
-            end
     end.
